@@ -1,0 +1,169 @@
+"""Plan: compare what the manifest wants with what the registry and disk show.
+
+Level-triggered: every pass starts from scratch, so a missed event, a crash or a
+hand-deleted file is healed by the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from mmd.errors import MmdError, UnsafePathError
+from mmd.hookspecs import SourceContext
+from mmd.manifest import Manifest
+from mmd.plugins import Plugins
+from mmd.registry import Registry
+from mmd.storage import Storage, validate_relpath
+from mmd.types import ModelEntry, ModelSpec, ModelStatus, Release, State
+
+CUSTOM_SOURCE = "custom"
+
+
+class ActionKind(StrEnum):
+    FETCH = "fetch"
+    UPDATE = "update"
+    REMOVE = "remove"
+    NOTHING = "nothing"
+    ERROR = "error"
+
+
+@dataclass
+class Action:
+    kind: ActionKind
+    model_id: str
+    source: str
+    reason: str
+    spec: ModelSpec | None = None
+    release: Release | None = None
+
+    @property
+    def total_bytes(self) -> int | None:
+        if self.release is None:
+            return None
+        sizes = [f.size for f in self.release.files]
+        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "action": str(self.kind),
+            "model_id": self.model_id,
+            "source": self.source,
+            "reason": self.reason,
+            "version": self.release.version if self.release else None,
+            "files": len(self.release.files) if self.release else None,
+            "bytes": self.total_bytes,
+        }
+
+
+def _disk_drift(entry: ModelEntry, storage: Storage) -> str | None:
+    """A file missing or resized on disk since it was registered (stat only, no hashing)."""
+    folder = storage.model_dir(entry.source, entry.model_id)
+    if not folder.is_dir():
+        return "its folder is missing"
+    for file in entry.files:
+        try:
+            size = os.stat(folder / file.path).st_size
+        except OSError:
+            return f"{file.path} is missing on disk"
+        if size != file.size:
+            return f"{file.path} changed size on disk ({file.size} -> {size} bytes)"
+    return None
+
+
+def _check_release(release: Release) -> None:
+    seen: set[str] = set()
+    for file in release.files:
+        validate_relpath(file.path)
+        if file.path in seen:
+            raise UnsafePathError(f"file name {file.path!r} appears twice")
+        seen.add(file.path)
+    # "a" and "a/b" cannot both be files.
+    for path in seen:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise UnsafePathError(f"{'/'.join(parts[:i])!r} is both a file and a folder")
+
+
+def _present_action(
+    spec: ModelSpec, release: Release, registry: Registry, storage: Storage
+) -> Action:
+    entry = registry.get(spec.model_id)
+    kind, version = ActionKind.NOTHING, release.version
+
+    def act(kind: ActionKind, reason: str) -> Action:
+        return Action(kind, spec.model_id, spec.source, reason, spec, release)
+
+    if entry is None or entry.status is ModelStatus.DELETED:
+        return act(ActionKind.FETCH, "not in storage")
+    if entry.source != spec.source:
+        return act(ActionKind.FETCH, f"source changed from {entry.source} to {spec.source}")
+    if entry.status is not ModelStatus.AVAILABLE:
+        why = f"last attempt failed: {entry.error}" if entry.error else f"status {entry.status}"
+        return act(ActionKind.FETCH, why)
+    if entry.version != version:
+        return act(ActionKind.UPDATE, f"version {entry.version} -> {version}")
+    if drift := _disk_drift(entry, storage):
+        return act(ActionKind.UPDATE, drift)
+    if entry.error:
+        return act(ActionKind.UPDATE, f"last attempt failed: {entry.error}")
+    return act(kind, f"up to date at {version}")
+
+
+async def _resolve(spec: ModelSpec, plugins: Plugins, ctx: SourceContext) -> Release:
+    source = plugins.source(spec.source)
+    try:
+        release = await asyncio.to_thread(source.resolve, spec, ctx)
+    except MmdError:
+        raise
+    except Exception as exc:  # a plugin's bug must not take the pass down
+        raise MmdError(f"source {spec.source!r} failed: {type(exc).__name__}: {exc}") from exc
+    _check_release(release)
+    return release
+
+
+async def plan(
+    manifest: Manifest,
+    registry: Registry,
+    storage: Storage,
+    plugins: Plugins,
+    ctx: SourceContext,
+    *,
+    only: Iterable[str] | None = None,
+    prune: bool = False,
+) -> list[Action]:
+    wanted = set(only) if only is not None else None
+    specs = [s for s in manifest.models.values() if wanted is None or s.model_id in wanted]
+
+    async def one(spec: ModelSpec) -> Action:
+        entry = registry.get(spec.model_id)
+        if spec.state is State.ABSENT:
+            source = entry.source if entry else spec.source
+            on_disk = storage.model_dir(source, spec.model_id).exists()
+            if on_disk or (entry is not None and entry.status is not ModelStatus.DELETED):
+                return Action(ActionKind.REMOVE, spec.model_id, source, "state: absent", spec)
+            return Action(ActionKind.NOTHING, spec.model_id, source, "absent", spec)
+        try:
+            release = await _resolve(spec, plugins, ctx)
+        except MmdError as exc:
+            return Action(ActionKind.ERROR, spec.model_id, spec.source, str(exc), spec)
+        return _present_action(spec, release, registry, storage)
+
+    actions = list(await asyncio.gather(*(one(s) for s in specs)))
+    if wanted is None:
+        for entry in registry.query():
+            if entry.model_id in manifest.models or entry.status is ModelStatus.DELETED:
+                continue
+            if entry.source == CUSTOM_SOURCE:
+                continue  # dropped in by hand: never deleted by mmd
+            if prune:
+                reason = "not in the manifest (prune: true)"
+                actions.append(Action(ActionKind.REMOVE, entry.model_id, entry.source, reason))
+            else:
+                reason = "not in the manifest; kept (prune is off)"
+                actions.append(Action(ActionKind.NOTHING, entry.model_id, entry.source, reason))
+    return actions

@@ -1,0 +1,377 @@
+"""Apply a plan: stage, download, verify, switch in, and keep the registry true.
+
+One failing model never stops the others. File transfers across all models are bounded
+by `max_concurrent_downloads`. During an update the old version stays `available` (it
+is still on disk and whole) until the new one is switched in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from mmd.config import Settings
+from mmd.errors import ChecksumError, DownloadError, MmdError, SourceError, UnsafePathError
+from mmd.hookspecs import Source, SourceContext
+from mmd.partfile import PartFile
+from mmd.plan import Action, ActionKind
+from mmd.plugins import Plugins
+from mmd.registry import Registry, atomic_write, utc_now
+from mmd.storage import Storage, ensure_dirs
+from mmd.transfer import TransferOptions, download, new_session
+from mmd.types import FileEntry, ModelEntry, ModelStatus, RemoteFile
+
+log = logging.getLogger(__name__)
+
+
+class SyncEvents:
+    """Observer of a pass; the CLI draws progress bars from it, the daemon feeds its API.
+
+    Methods are called on the event loop thread.
+    """
+
+    def status(self, entry: ModelEntry) -> None: ...
+
+    def file_started(self, model_id: str, path: str, total: int | None, done: int) -> None: ...
+
+    def file_progress(
+        self, model_id: str, path: str, done: int, total: int | None, rate: float
+    ) -> None: ...
+
+    def file_finished(self, model_id: str, path: str) -> None: ...
+
+
+@dataclass
+class Outcome:
+    model_id: str
+    action: ActionKind
+    ok: bool
+    message: str
+
+
+class Syncer:
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        registry: Registry,
+        storage: Storage,
+        events: SyncEvents | None = None,
+        transfer: TransferOptions | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.registry = registry
+        self.storage = storage
+        self.events = events or SyncEvents()
+        self.transfer = transfer or TransferOptions(idle_timeout=settings.download_timeout)
+        self.ctx = SourceContext(settings=settings, env=dict(os.environ))
+        self.slots = asyncio.Semaphore(settings.max_concurrent_downloads)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def apply(self, actions: list[Action]) -> list[Outcome]:
+        self.storage.prepare()
+        for action in actions:
+            if action.kind is ActionKind.FETCH:
+                self._set(action, ModelStatus.PENDING, error=None)
+        async with new_session(
+            self.transfer, limit=self.settings.max_concurrent_downloads * 2
+        ) as s:
+            self._session = s
+            try:
+                outcomes = await asyncio.gather(*(self._one(a) for a in actions))
+            finally:
+                self._session = None
+        await asyncio.to_thread(self.storage.empty_trash)
+        return list(outcomes)
+
+    async def _one(self, action: Action) -> Outcome:
+        try:
+            if action.kind in (ActionKind.FETCH, ActionKind.UPDATE):
+                message = await self._install(action)
+            elif action.kind is ActionKind.REMOVE:
+                message = await self._remove(action)
+            elif action.kind is ActionKind.ERROR:
+                self._fail(action, action.reason)
+                return Outcome(action.model_id, action.kind, False, action.reason)
+            else:
+                return Outcome(action.model_id, action.kind, True, action.reason)
+        except MmdError as exc:
+            self._fail(action, str(exc))
+            return Outcome(action.model_id, action.kind, False, str(exc))
+        except Exception as exc:  # keep the other models going, say what broke
+            log.exception("%s: unexpected failure", action.model_id)
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            self._fail(action, message)
+            return Outcome(action.model_id, action.kind, False, message)
+        return Outcome(action.model_id, action.kind, True, message)
+
+    # -- registry bookkeeping -------------------------------------------------
+
+    def _entry_for(self, action: Action) -> ModelEntry:
+        entry = self.registry.get(action.model_id)
+        if entry is not None and entry.source == action.source:
+            return entry
+        spec = action.spec
+        return ModelEntry(
+            model_id=action.model_id,
+            source=action.source,
+            model_type=str(spec.model_type) if spec else "other",
+            path=str(self.storage.model_dir(action.source, action.model_id)),
+            status=ModelStatus.PENDING,
+            metadata=dict(spec.metadata) if spec else {},
+        )
+
+    def _set(self, action: Action, status: ModelStatus, error: str | None) -> ModelEntry:
+        entry = self._entry_for(action)
+        entry.status, entry.error = status, error
+        self.registry.put(entry)
+        self.registry.save()
+        self.events.status(entry)
+        return entry
+
+    def _fail(self, action: Action, message: str) -> None:
+        one_line = " ".join(message.split())
+        log.error("%s: %s", action.model_id, one_line)
+        current = self.registry.get(action.model_id)
+        if (
+            action.kind is ActionKind.UPDATE
+            and current is not None
+            and current.status is ModelStatus.AVAILABLE
+        ):
+            # The old version is still whole on disk: keep serving it, record why not newer.
+            self._set(action, ModelStatus.AVAILABLE, error=f"update failed: {one_line}")
+        else:
+            self._set(action, ModelStatus.ERROR, error=one_line)
+
+    # -- install --------------------------------------------------------------
+
+    async def _install(self, action: Action) -> str:
+        assert action.spec is not None and action.release is not None
+        spec, release = action.spec, action.release
+        source = self.plugins.source(spec.source)
+        previous = self.registry.get(spec.model_id)
+        if action.kind is ActionKind.FETCH:
+            self._set(action, ModelStatus.DOWNLOADING, error=None)
+        stage = await asyncio.to_thread(
+            self.storage.new_stage, spec.source, spec.model_id, release.version
+        )
+        files_dir = stage / "files"
+        await asyncio.to_thread(ensure_dirs, stage, "files")
+        done = _load_done(stage)
+        reusable = _reusable(previous, self.storage) if previous else {}
+        await asyncio.to_thread(self._check_space, release.files, done, reusable, files_dir)
+        try:
+            results = await asyncio.gather(
+                *(
+                    self._file(action, source, f, files_dir, stage, done, reusable)
+                    for f in release.files
+                ),
+                return_exceptions=True,
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise _first_error(errors)
+        except (SourceError, UnsafePathError) as exc:
+            await asyncio.to_thread(self.storage.discard, stage)
+            raise exc
+        except DownloadError as exc:
+            if not exc.retryable and not isinstance(exc, ChecksumError):
+                await asyncio.to_thread(self.storage.discard, stage)
+            raise
+        files = [
+            FileEntry(f.path, done[f.path]["size"], done[f.path]["sha256"]) for f in release.files
+        ]
+        target = await asyncio.to_thread(
+            self.storage.promote, files_dir, spec.source, spec.model_id
+        )
+        await asyncio.to_thread(self.storage.discard, stage)
+        if previous is not None and previous.source != spec.source:
+            await asyncio.to_thread(self.storage.remove_model, previous.source, spec.model_id)
+        entry = ModelEntry(
+            model_id=spec.model_id,
+            source=spec.source,
+            model_type=str(spec.model_type),
+            path=str(target),
+            status=ModelStatus.AVAILABLE,
+            version=release.version,
+            size_bytes=sum(f.size for f in files),
+            download_date=utc_now(),
+            files=files,
+            error=None,
+            metadata={**release.metadata, **spec.metadata},
+        )
+        self.registry.put(entry)
+        self.registry.save()
+        self.events.status(entry)
+        verb = "fetched" if action.kind is ActionKind.FETCH else "updated"
+        return f"{verb} {len(files)} files, {entry.size_bytes} bytes, version {release.version}"
+
+    def _check_space(
+        self,
+        files: tuple[RemoteFile, ...],
+        done: dict[str, dict[str, Any]],
+        reusable: dict[str, Path],
+        files_dir: Path,
+    ) -> None:
+        needed = 0
+        for f in files:
+            if f.size is None or f.path in done or (f.sha256 and f.sha256 in reusable):
+                continue
+            part = files_dir / (f.path + ".part")
+            have = part.stat().st_size if part.exists() else 0
+            needed += max(0, f.size - have)
+        if needed:
+            self.storage.check_free_space(needed)
+
+    async def _file(
+        self,
+        action: Action,
+        source: Source,
+        file: RemoteFile,
+        files_dir: Path,
+        stage: Path,
+        done: dict[str, dict[str, Any]],
+        reusable: dict[str, Path],
+    ) -> None:
+        final = files_dir / file.path
+        if file.path in done and final.is_file():
+            return
+        parent = "/".join(file.path.split("/")[:-1])
+        await asyncio.to_thread(ensure_dirs, files_dir, parent)
+        if file.sha256 and file.sha256 in reusable:
+            await asyncio.to_thread(_link_or_copy, reusable[file.sha256], final)
+            size = final.stat().st_size
+            _mark_done(stage, done, file.path, size, file.sha256)
+            return
+        async with self.slots:
+            part = PartFile(final, file.path)
+            await asyncio.to_thread(part.open)
+            mid = action.model_id
+            self.events.file_started(mid, file.path, file.size, part.offset)
+            try:
+                if source.fetch is not None:
+                    await self._fetch_with_source(action, source, file, part)
+                else:
+                    assert self._session is not None
+                    await download(
+                        self._session,
+                        file,
+                        part,
+                        self.transfer,
+                        lambda d, t, r: self.events.file_progress(mid, file.path, d, t, r),
+                    )
+                expected = file.sha256 if self.settings.verify_checksums else None
+                digest = await asyncio.to_thread(part.finish, expected, file.size)
+            finally:
+                await asyncio.to_thread(part.close)
+            _mark_done(stage, done, file.path, part.offset, digest)
+            self.events.file_finished(mid, file.path)
+
+    async def _fetch_with_source(
+        self, action: Action, source: Source, file: RemoteFile, part: PartFile
+    ) -> None:
+        assert action.spec is not None and source.fetch is not None
+        loop = asyncio.get_running_loop()
+        total = file.size
+        mid = action.model_id
+
+        class _ProgressSink:
+            """The sink a source writes to: PartFile plus progress on the loop thread."""
+
+            @property
+            def offset(self) -> int:
+                return part.offset
+
+            def write(self, data: bytes) -> None:
+                part.write(data)
+                loop.call_soon_threadsafe(
+                    self_events.file_progress, mid, file.path, part.offset, total, 0.0
+                )
+
+            def reset(self) -> None:
+                part.reset()
+
+        self_events = self.events
+        try:
+            await asyncio.to_thread(source.fetch, action.spec, file, _ProgressSink(), self.ctx)
+        except MmdError:
+            raise
+        except OSError as exc:
+            raise DownloadError(f"{file.path}: {exc.strerror or exc}", retryable=False) from exc
+        except Exception as exc:
+            raise SourceError(f"source {source.name!r} failed fetching {file.path}: {exc}") from exc
+
+    # -- remove ---------------------------------------------------------------
+
+    async def _remove(self, action: Action) -> str:
+        entry = self.registry.get(action.model_id)
+        source = entry.source if entry else action.source
+        await asyncio.to_thread(self.storage.remove_model, source, action.model_id)
+        if entry is not None:
+            entry.status, entry.files, entry.size_bytes, entry.error = (
+                ModelStatus.DELETED,
+                [],
+                0,
+                None,
+            )
+            self.registry.put(entry)
+            self.registry.save()
+            self.events.status(entry)
+        return f"removed ({action.reason})"
+
+
+def _first_error(errors: list[BaseException]) -> BaseException:
+    # A checksum failure says more than the cancellations it may have caused.
+    for exc in errors:
+        if isinstance(exc, MmdError):
+            return exc
+    return errors[0]
+
+
+def _reusable(entry: ModelEntry, storage: Storage) -> dict[str, Path]:
+    """Files of the current version by sha256, for reuse when a new version keeps them."""
+    folder = storage.model_dir(entry.source, entry.model_id)
+    found: dict[str, Path] = {}
+    for f in entry.files:
+        path = folder / f.path
+        if f.sha256 and path.is_file() and not path.is_symlink() and path.stat().st_size == f.size:
+            found[f.sha256] = path
+    return found
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        dst.unlink()
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copyfile(src, dst, follow_symlinks=False)
+
+
+DONE_FILE = "done.json"
+
+
+def _load_done(stage: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads((stage / DONE_FILE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _mark_done(
+    stage: Path, done: dict[str, dict[str, Any]], path: str, size: int, sha256: str
+) -> None:
+    """Record a verified file of the stage, so a restart does not fetch it again."""
+    done[path] = {"size": size, "sha256": sha256}
+    atomic_write(stage / DONE_FILE, json.dumps(done).encode())

@@ -1,0 +1,128 @@
+"""Plain data shared by every module and by source plugins."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ModelType(StrEnum):
+    TEXT_GENERATION = "text-generation"
+    TEXT2TEXT_GENERATION = "text2text-generation"
+    TEXT_CLASSIFICATION = "text-classification"
+    TOKEN_CLASSIFICATION = "token-classification"
+    FILL_MASK = "fill-mask"
+    QUESTION_ANSWERING = "question-answering"
+    SUMMARIZATION = "summarization"
+    TRANSLATION = "translation"
+    FEATURE_EXTRACTION = "feature-extraction"
+    SENTENCE_SIMILARITY = "sentence-similarity"
+    EMBEDDING = "embedding"
+    ZERO_SHOT_CLASSIFICATION = "zero-shot-classification"
+    AUTOMATIC_SPEECH_RECOGNITION = "automatic-speech-recognition"
+    TEXT_TO_SPEECH = "text-to-speech"
+    TEXT_TO_IMAGE = "text-to-image"
+    IMAGE_CLASSIFICATION = "image-classification"
+    IMAGE_TO_TEXT = "image-to-text"
+    OBJECT_DETECTION = "object-detection"
+    IMAGE_SEGMENTATION = "image-segmentation"
+    OTHER = "other"
+
+
+class ModelStatus(StrEnum):
+    PENDING = "pending"
+    DOWNLOADING = "downloading"
+    AVAILABLE = "available"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+class State(StrEnum):
+    PRESENT = "present"
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model as the manifest declares it; `options` holds the source's own keys."""
+
+    model_id: str
+    source: str
+    model_type: ModelType = ModelType.OTHER
+    state: State = State.PRESENT
+    options: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    where: str = ""  # "file:line:col" of the model's key, for messages
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file a source says belongs to a model version.
+
+    `path` is relative to the model folder and is validated by the core before any
+    filesystem call. `url`/`headers` are for the core's HTTP transfer; a source with its
+    own `fetch` may leave them empty. `sha256` or `size` may be unknown (None).
+    """
+
+    path: str
+    size: int | None = None
+    sha256: str | None = None
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a source resolved: one immutable version of a model and its files."""
+
+    version: str
+    files: tuple[RemoteFile, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FileEntry:
+    path: str
+    size: int
+    sha256: str | None
+
+
+@dataclass
+class ModelEntry:
+    """One registry record (SPEC §4)."""
+
+    model_id: str
+    source: str
+    model_type: str
+    path: str
+    status: ModelStatus
+    version: str | None = None
+    size_bytes: int = 0
+    download_date: str | None = None
+    files: list[FileEntry] = field(default_factory=list)
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelEntry:
+        files = [FileEntry(**f) for f in data.get("files") or []]
+        return cls(
+            model_id=str(data["model_id"]),
+            source=str(data["source"]),
+            model_type=str(data.get("model_type") or ModelType.OTHER),
+            path=str(data["path"]),
+            status=ModelStatus(data["status"]),
+            version=data.get("version"),
+            size_bytes=int(data.get("size_bytes") or 0),
+            download_date=data.get("download_date"),
+            files=files,
+            error=data.get("error"),
+            metadata=dict(data.get("metadata") or {}),
+        )

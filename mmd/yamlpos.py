@@ -1,0 +1,133 @@
+"""Safe YAML with positions: every value keeps its file:line:col, duplicate keys are errors.
+
+PyYAML's composer already records marks on nodes; we walk its node tree instead of
+constructing plain objects so that validation messages can point at the exact spot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_FILE_BYTES = 1 << 20
+# Aliases share nodes, so a tiny file can expand to billions of values when walked.
+MAX_NODES = 200_000
+
+
+class YamlError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Node:
+    """A YAML value with its position. `value` is dict[str, Node], list[Node] or a scalar."""
+
+    value: Any
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+    key_path: str  # "models.foo.revision"
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    def problem(self, message: str) -> str:
+        label = f"{self.key_path}: " if self.key_path else ""
+        return f"{self.where}: {label}{message}"
+
+    def plain(self) -> Any:
+        """The value without positions (for metadata copied as-is)."""
+        if isinstance(self.value, dict):
+            return {k: v.plain() for k, v in self.value.items()}
+        if isinstance(self.value, list):
+            return [v.plain() for v in self.value]
+        return self.value
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+class _Walker:
+    def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
+        self.loader = loader
+        self.file = file
+        self.count = 0
+        self.problems: list[str] = []
+
+    def walk(self, node: yaml.Node, path: str) -> Node:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise YamlError([f"{self.file}: too many YAML values (alias expansion?); refusing"])
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)
+            out: dict[str, Node] = {}
+            for key_node, value_node in node.value:
+                key = self.loader.construct_object(key_node, deep=True)
+                kline, kcol = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                if not isinstance(key, str):
+                    key = str(key)
+                child_path = _join(path, key)
+                if key in out:
+                    first = out[key]
+                    self.problems.append(
+                        f"{self.file}:{kline}:{kcol}: {child_path}: duplicate key "
+                        f"(first defined at line {first.line})"
+                    )
+                    continue
+                child = self.walk(value_node, child_path)
+                # Point errors about a key at the key itself, where an editor would look.
+                child.line, child.column = kline, kcol
+                out[key] = child
+            return Node(out, self.file, line, col, path)
+        if isinstance(node, yaml.SequenceNode):
+            items = [self.walk(item, _join(path, i)) for i, item in enumerate(node.value)]
+            return Node(items, self.file, line, col, path)
+        return Node(self.loader.construct_object(node), self.file, line, col, path)
+
+
+def load_text(text: str, file: str) -> Node:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return Node(None, file, 1, 1, "")
+        walker = _Walker(loader, file)
+        result = walker.walk(root, "")
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
+        raise YamlError([f"{where}: invalid YAML: {exc.problem or exc.context}"]) from None
+    except yaml.YAMLError as exc:
+        raise YamlError([f"{file}: invalid YAML: {exc}"]) from None
+    except RecursionError:
+        raise YamlError([f"{file}: YAML nested too deeply (recursive alias?); refusing"]) from None
+    finally:
+        loader.dispose()
+    if walker.problems:
+        raise YamlError(walker.problems)
+    return result
+
+
+def load_file(path: Path) -> Node:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise YamlError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise YamlError([f"{path}: file is larger than {MAX_FILE_BYTES} bytes; refusing to parse"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    return load_text(text, str(path))
