@@ -21,7 +21,7 @@ from mmd.errors import ConfigError, ManifestError, MmdError
 from mmd.hookspecs import SourceContext
 from mmd.lock import StorageLock
 from mmd.manifest import Manifest, load_manifest
-from mmd.plan import ActionKind, plan
+from mmd.plan import Action, ActionKind, plan
 from mmd.plugins import Plugins, load_plugins
 from mmd.progress import ProgressBars
 from mmd.registry import Registry
@@ -152,13 +152,7 @@ class Cli:
             self.out(json.dumps([a.to_json() for a in actions], indent=1))
         else:
             for a in actions:
-                size = f", {_human(a.total_bytes)}" if a.total_bytes is not None else ""
-                files = (
-                    f" ({len(a.release.files)} files{size})"
-                    if a.release and a.kind in (ActionKind.FETCH, ActionKind.UPDATE)
-                    else ""
-                )
-                self.out(f"{a.kind.value:8} {a.model_id}{files}: {a.reason}")
+                self.out(f"{a.kind.value:8} {a.model_id}{_files_note(a)}: {a.reason}")
         return 1 if any(a.kind is ActionKind.ERROR for a in actions) else 0
 
     def cmd_sync(self) -> int:
@@ -300,6 +294,14 @@ def _verify_entry(entry: ModelEntry) -> str | None:
             if actual != f.sha256:
                 return f"{f.path}: sha256 mismatch: expected {f.sha256}, got {actual}"
     return None
+
+
+def _files_note(action: Action) -> str:
+    if action.release is None or action.kind not in (ActionKind.FETCH, ActionKind.UPDATE):
+        return ""
+    count = len(action.release.files)
+    size = f", {_human(action.total_bytes)}" if action.total_bytes is not None else ""
+    return f" ({count} file{'s' if count != 1 else ''}{size})"
 
 
 def _human(n: int | None) -> str:
