@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,7 +83,8 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"expected a duration like 30s, 15m or 1h, got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
+    # YAML reads `.inf`/`.nan` as floats; NaN compares false to everything.
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("expected a duration greater than zero")
     return seconds
 
@@ -134,6 +136,13 @@ def parse_schedule(value: Any) -> Schedule:
         cron = str(value["cron"]).strip()
         if len(cron.split()) != 5:
             raise ValueError(f"expected a five-field cron expression, got {cron!r}")
+        # Check it as the scheduler will read it, so `mmd run` fails at start, not later.
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"bad cron expression {cron!r}: {exc}") from None
         return Schedule(interval_s=None, cron=cron)
     return Schedule(interval_s=parse_duration(value["interval"]))
 
@@ -150,6 +159,16 @@ def parse_str(value: Any) -> str:
     return value.strip()
 
 
+def parse_token(value: Any) -> str:
+    """A secret sent in an HTTP header. The message never contains the value."""
+    token = parse_str(value)
+    # Whitespace or control characters inside would break (or inject into) the header,
+    # and HTTP libraries quote the whole header value in their exception text.
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in token):
+        raise ValueError("a token cannot contain spaces or control characters")
+    return token
+
+
 @dataclass(frozen=True)
 class _Key:
     env: str | None
@@ -161,7 +180,7 @@ KEYS: dict[str, _Key] = {
     "storage_dir": _Key("MODEL_STORAGE_DIR", parse_path),
     "registry_file": _Key("MODEL_REGISTRY_FILE", parse_path),
     "manifest": _Key("MMD_MANIFEST", parse_path),
-    "hf_token": _Key("HF_TOKEN", parse_str),
+    "hf_token": _Key("HF_TOKEN", parse_token),
     "hf_cache": _Key("HF_HUB_CACHE", parse_path),
     "max_concurrent_downloads": _Key("MAX_CONCURRENT_DOWNLOADS", parse_positive_int),
     "download_timeout": _Key("DOWNLOAD_TIMEOUT", parse_duration),
@@ -195,6 +214,10 @@ def _flatten_file(root: Node) -> dict[str, tuple[Any, Node]]:
         if key == "api" and isinstance(node.value, dict):
             for sub, subnode in node.value.items():
                 flat[f"api.{sub}"] = (subnode.plain(), subnode)
+        elif key == "api":
+            # `api:` with every sub-key commented out is empty, not an unknown setting.
+            if node.value is not None:
+                problems.append(node.problem("expected a mapping (host, port, token_file)"))
         else:
             flat[key] = (node.plain(), node)
     for key, (_, node) in flat.items():
@@ -225,6 +248,10 @@ def load_settings(
                     raw[key] = KEYS[key].parse(value)
                 except ValueError as exc:
                     raise ConfigError(node.problem(str(exc))) from None
+                # A relative path in the file means next to the file, as in the manifest:
+                # the daemon's working directory is `/` under systemd.
+                if isinstance(raw[key], Path) and not raw[key].is_absolute():
+                    raw[key] = config_file.absolute().parent / raw[key]
         except YamlError as exc:
             raise ConfigError("\n".join(exc.problems)) from None
     for key, spec in KEYS.items():
@@ -245,7 +272,12 @@ def load_settings(
 
 def _build(raw: dict[str, Any], env: Mapping[str, str], config_file: Path | None) -> Settings:
     storage = Path(raw.get("storage_dir") or paths.default_storage_dir(env)).absolute()
-    hf_token = raw.get("hf_token") or paths.credential(env, "hf_token")
+    hf_token = raw.get("hf_token")
+    if hf_token is None and (loaded := paths.credential(env, "hf_token")):
+        try:
+            hf_token = parse_token(loaded)
+        except ValueError as exc:
+            raise ConfigError(f"credential hf_token: {exc}") from None
     api_token = env.get("MMD_API_TOKEN", "").strip() or None
     if api_token is None and "api.token_file" in raw:
         try:

@@ -104,7 +104,9 @@ class _Checker:
         for key, node in top.items():
             if key not in TOP_KEYS:
                 self.problems.append(node.problem(f"unknown key (allowed: {', '.join(TOP_KEYS)})"))
-        if "version" in top and top["version"].value != 1:
+        version = top["version"].value if "version" in top else 1
+        # `True == 1` in Python; `version: true` is not version 1.
+        if type(version) is not int or version != 1:
             self.problems.append(top["version"].problem("expected 1 (the only manifest version)"))
         defaults = self._defaults(top.get("defaults"))
         models_node = top.get("models")
@@ -235,26 +237,33 @@ class _Checker:
             return ModelType.OTHER
 
 
-def parse_manifest(root: Node, path: str, sources: Mapping[str, Source]) -> Manifest:
+def parse_manifest(
+    root: Node, path: str, sources: Mapping[str, Source], problems: list[str] | None = None
+) -> Manifest:
+    """Check a parsed manifest; `problems` already found while parsing are reported too."""
     checker = _Checker(sources, Path(path).parent if path else Path.cwd())
     models = checker.check_models(root) if root.value is not None else {}
-    if checker.problems:
-        raise ManifestError(checker.problems)
+    problems = [*(problems or []), *checker.problems]
+    if problems:
+        raise ManifestError(problems)
     return Manifest(path=path, models=models)
 
 
 def load_manifest(path: Path, sources: Mapping[str, Source]) -> Manifest:
     """Read and check a manifest file; raises ManifestError listing every problem."""
+    # Duplicate keys are collected, not raised, so they come with every other problem.
+    problems: list[str] = []
     try:
-        root = load_file(path)
+        root = load_file(path, problems)
     except YamlError as exc:
         raise ManifestError(exc.problems) from None
-    return parse_manifest(root, str(path), sources)
+    return parse_manifest(root, str(path), sources, problems)
 
 
 def loads_manifest(text: str, sources: Mapping[str, Source], name: str = "<string>") -> Manifest:
+    problems: list[str] = []
     try:
-        root = load_text(text, name)
+        root = load_text(text, name, problems)
     except YamlError as exc:
         raise ManifestError(exc.problems) from None
-    return parse_manifest(root, name, sources)
+    return parse_manifest(root, name, sources, problems)

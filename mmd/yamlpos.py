@@ -62,6 +62,24 @@ class _Walker:
         self.file = file
         self.count = 0
         self.problems: list[str] = []
+        # id(mapping node) -> how many of its pairs came from `<<:` merge keys. An
+        # aliased mapping is walked again after flatten_mapping() already rewrote it.
+        self.merged: dict[int, int] = {}
+
+    def problem(self, node: yaml.Node, path: str, message: str) -> None:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        label = f"{path}: " if path else ""
+        self.problems.append(f"{self.file}:{line}:{col}: {label}{message}")
+
+    def construct(self, node: yaml.Node, path: str) -> Any:
+        try:
+            return self.loader.construct_object(node)
+        except (ValueError, OverflowError) as exc:
+            # PyYAML lets these escape: `2024-02-30` (no such date), a 5000-digit int.
+            # Forget the half-built node, or an alias to it reads as "recursive".
+            self.loader.recursive_objects.pop(node, None)
+            self.problem(node, path, f"cannot read value: {exc}")
+            return None
 
     def walk(self, node: yaml.Node, path: str) -> Node:
         self.count += 1
@@ -69,15 +87,26 @@ class _Walker:
             raise YamlError([f"{self.file}: too many YAML values (alias expansion?); refusing"])
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)
+            if id(node) not in self.merged:
+                own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+                self.loader.flatten_mapping(node)
+                self.merged[id(node)] = len(node.value) - own
+            n_merged = self.merged[id(node)]
             out: dict[str, Node] = {}
-            for key_node, value_node in node.value:
-                key = self.loader.construct_object(key_node, deep=True)
+            # Keys that came from `<<:`: an explicit key overrides them, as YAML says.
+            overridable: set[str] = set()
+            for index, (key_node, value_node) in enumerate(node.value):
                 kline, kcol = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                if not isinstance(key_node, yaml.ScalarNode):
+                    # Never construct or str() a collection key: through aliases a few
+                    # bytes of it expand to billions of values.
+                    self.problem(key_node, path, "a key must be a plain value, not a list or mapping")
+                    continue
+                key = self.construct(key_node, path)
                 if not isinstance(key, str):
                     key = str(key)
                 child_path = _join(path, key)
-                if key in out:
+                if key in out and key not in overridable:
                     first = out[key]
                     self.problems.append(
                         f"{self.file}:{kline}:{kcol}: {child_path}: duplicate key "
@@ -88,14 +117,24 @@ class _Walker:
                 # Point errors about a key at the key itself, where an editor would look.
                 child.line, child.column = kline, kcol
                 out[key] = child
+                if index < n_merged:
+                    overridable.add(key)
+                else:
+                    overridable.discard(key)
             return Node(out, self.file, line, col, path)
         if isinstance(node, yaml.SequenceNode):
             items = [self.walk(item, _join(path, i)) for i, item in enumerate(node.value)]
             return Node(items, self.file, line, col, path)
-        return Node(self.loader.construct_object(node), self.file, line, col, path)
+        return Node(self.construct(node, path), self.file, line, col, path)
 
 
-def load_text(text: str, file: str) -> Node:
+def load_text(text: str, file: str, problems: list[str] | None = None) -> Node:
+    """Parse YAML text into Nodes; raises YamlError listing every problem.
+
+    With `problems` given, problems that still leave a usable tree (duplicate keys,
+    unreadable values) are appended to it instead, so a caller can report them together
+    with its own checks rather than one batch at a time.
+    """
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -114,11 +153,13 @@ def load_text(text: str, file: str) -> Node:
     finally:
         loader.dispose()
     if walker.problems:
-        raise YamlError(walker.problems)
+        if problems is None:
+            raise YamlError(walker.problems)
+        problems.extend(walker.problems)
     return result
 
 
-def load_file(path: Path) -> Node:
+def load_file(path: Path, problems: list[str] | None = None) -> Node:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
@@ -130,4 +171,4 @@ def load_file(path: Path) -> Node:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise YamlError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
-    return load_text(text, str(path))
+    return load_text(text, str(path), problems)

@@ -53,7 +53,7 @@ def test_sigkill_mid_download_then_resume(home: Home, fileserver: FileServer, sp
 
     fileserver.clear_faults()
     proc = spawn("sync")
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     resumed = gets(fileserver, "big.bin")[-1]
     assert range_start(resumed) == kept
@@ -76,7 +76,7 @@ def test_second_sync_on_same_storage_is_refused_and_registry_stays_valid(
     wait_for(lambda: fileserver.bytes_sent("m.bin") >= 1024 * 1024, what="first sync started")
 
     second = spawn("sync")
-    out, err = second.communicate(timeout=30)
+    _, err = second.communicate(timeout=30)
     assert second.returncode == 1
     assert f"is in use by another mmd process (pid {first.pid})" in err
     assert len(gets(fileserver, "m.bin")) == 1  # the second never downloaded
