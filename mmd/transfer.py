@@ -152,13 +152,31 @@ async def download(
             "%s: retrying after %s", file.path, s.outcome.exception() if s.outcome else "?"
         ),
     )
-    async for attempt in retrying:
-        with attempt:
-            try:
-                await _attempt(session, file, part, options, progress)
-            except BaseException:
-                attempts.record(part.offset)
-                raise
+    try:
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    await _attempt(session, file, part, options, progress)
+                except BaseException:
+                    attempts.record(part.offset)
+                    raise
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # Out of retries on a transport error: say it in one line, keep the .part.
+        raise DownloadError(
+            f"{file.path}: {_describe(exc, options)} from {show_url(file.url)} "
+            f"(gave up after {attempts.failures} tries; the next pass resumes)"
+        ) from exc
+
+
+def _describe(exc: BaseException, options: TransferOptions) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no data for {options.idle_timeout:g} s (download_timeout)"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection closed mid-file"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _request_headers(file: RemoteFile, part: PartFile) -> dict[str, str]:

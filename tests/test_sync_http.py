@@ -366,3 +366,27 @@ def test_hand_deleted_file_is_healed(home: Home, mmd: Mmd, fileserver: FileServe
     assert "update   tiny (1 file): m.bin is missing on disk" in mmd("plan").out
     assert mmd("sync").code == 0
     assert target.read_bytes() == data
+
+
+def test_server_that_keeps_cutting_gives_one_line_error(
+    home: Home, mmd: Mmd, fileserver: FileServer, monkeypatch
+):
+    data = payload(100_000)
+    url = fileserver.add("m.bin", data)
+    fileserver.set_fault("m.bin", cut_after=0, cut_times=1000)
+    http_manifest(home, url, data)
+    result = mmd("sync")
+    assert result.code == 1
+    error = home.entry("tiny")["error"]
+    assert error.startswith("m.bin: connection closed mid-file from http://127.0.0.1:")
+    assert "gave up after 6 tries" in error and "\n" not in error
+    assert "Traceback" not in result.err
+
+
+def test_unreachable_server_is_one_line(home: Home, mmd: Mmd):
+    home.write_manifest("models:\n  m:\n    source: http\n    url: http://127.0.0.1:9/x.bin\n")
+    result = mmd("sync")
+    assert result.code == 1
+    assert "m.bin" not in result.err
+    error = home.entry("m")["error"]
+    assert error.startswith("x.bin: cannot connect (") and "127.0.0.1:9/x.bin" in error
