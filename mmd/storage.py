@@ -138,6 +138,16 @@ class Storage:
         else:
             target.unlink(missing_ok=True)
 
+    def drop_empty_parents(self, path: Path) -> None:
+        """Remove empty folders from `path` up to (not including) the staging root."""
+        current = path
+        while current != self.staging_root and self.staging_root in current.parents:
+            try:
+                current.rmdir()
+            except OSError:
+                return
+            current = current.parent
+
     def promote(self, built: Path, source: str, model_id: str) -> Path:
         """Switch a fully built and verified folder in as the model's folder."""
         target = self.model_dir(source, model_id)

@@ -182,11 +182,11 @@ class Syncer:
             if errors:
                 raise _first_error(errors)
         except (SourceError, UnsafePathError) as exc:
-            await asyncio.to_thread(self.storage.discard, stage)
+            await asyncio.to_thread(self._drop_stage, stage)
             raise exc
         except DownloadError as exc:
             if not exc.retryable and not isinstance(exc, ChecksumError):
-                await asyncio.to_thread(self.storage.discard, stage)
+                await asyncio.to_thread(self._drop_stage, stage)
             raise
         files = [
             FileEntry(f.path, done[f.path]["size"], done[f.path]["sha256"]) for f in release.files
@@ -194,7 +194,7 @@ class Syncer:
         target = await asyncio.to_thread(
             self.storage.promote, files_dir, spec.source, spec.model_id
         )
-        await asyncio.to_thread(self.storage.discard, stage)
+        await asyncio.to_thread(self._drop_stage, stage)
         if previous is not None and previous.source != spec.source:
             await asyncio.to_thread(self.storage.remove_model, previous.source, spec.model_id)
         entry = ModelEntry(
@@ -215,6 +215,10 @@ class Syncer:
         self.events.status(entry)
         verb = "fetched" if action.kind is ActionKind.FETCH else "updated"
         return f"{verb} {len(files)} files, {entry.size_bytes} bytes, version {release.version}"
+
+    def _drop_stage(self, stage: Path) -> None:
+        self.storage.discard(stage)
+        self.storage.drop_empty_parents(stage.parent)
 
     def _check_space(
         self,

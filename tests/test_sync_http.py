@@ -71,7 +71,10 @@ def test_fetch_then_noop_pass_makes_no_request(home: Home, mmd: Mmd, fileserver:
     assert fileserver.requests == []
     assert "0 changed, 0 failed" in again.out
     # Nothing left behind in staging.
-    assert not any(p.is_file() for p in (home.storage / "cache").rglob("*"))
+    assert sorted((home.storage / "cache").rglob("*")) == [
+        home.storage / "cache/staging",
+        home.storage / "cache/trash",
+    ]
 
 
 def test_cut_connection_resumes_with_range(home: Home, mmd: Mmd, fileserver: FileServer):
@@ -192,6 +195,7 @@ def test_404_stops_at_once(home: Home, mmd: Mmd, fileserver: FileServer):
     assert result.code == 1
     assert "HTTP 404" in home.entry("tiny")["error"]
     assert len(gets(fileserver, "missing.bin")) == 1
+    assert not (home.storage / "cache/staging/http/tiny").exists()  # failed staging cleaned
 
 
 def test_redirect_to_other_origin_drops_credentials(
