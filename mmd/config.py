@@ -137,7 +137,7 @@ def parse_schedule(value: Any) -> Schedule:
         if len(cron.split()) != 5:
             raise ValueError(f"expected a five-field cron expression, got {cron!r}")
         # Check it as the scheduler will read it, so `mmd run` fails at start, not later.
-        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
         try:
             CronTrigger.from_crontab(cron, timezone="UTC")

@@ -9,6 +9,7 @@ Choices where SPEC is silent (also in the README):
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ def _kind_problem(rule: KeyRule, value: Any) -> str | None:
             return f"expected an http(s) URL, got {value!r}"
         return None
     if kind == "sha256":
-        ok = isinstance(value, str) and _SHA256.match(value)
+        ok = isinstance(value, str) and _SHA256.match(value) is not None
         return None if ok else "expected 64 hexadecimal characters (a sha256 digest)"
     if kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
@@ -178,6 +179,7 @@ class _Checker:
         metadata = merged.get("metadata")
         if metadata is not None and not isinstance(metadata.value, dict):
             self.problems.append(metadata.problem("expected a mapping"))
+        plain_metadata = self._metadata(metadata) if metadata is not None else {}
         options: dict[str, Any] = {}
         if source is not None:
             options = self._options(source, merged, node, state)
@@ -189,7 +191,7 @@ class _Checker:
             model_type=model_type,
             state=state,
             options=options,
-            metadata=metadata.plain() if metadata is not None else {},
+            metadata=plain_metadata,
             where=node.where,
         )
 
@@ -205,10 +207,11 @@ class _Checker:
                         node.problem(f"missing required key `{key}` for source {source.name!r}")
                     )
                 continue
-            if problem := _kind_problem(rule, child.value):
+            # Check the plain value: a list's `.value` holds Nodes, not strings.
+            value = child.plain()
+            if problem := _kind_problem(rule, value):
                 self.problems.append(child.problem(problem))
                 continue
-            value = child.plain()
             if rule.kind == "path":
                 value = str((self.base / Path(value).expanduser()).absolute())
             options[key] = value
@@ -216,6 +219,19 @@ class _Checker:
             for key, message in source.validate(options):
                 self.problems.append((merged.get(key) or node).problem(message))
         return options
+
+    def _metadata(self, node: Node) -> Any:
+        """The value as JSON can hold it: metadata goes into the registry and API as-is."""
+        if isinstance(node.value, dict):
+            return {k: self._metadata(v) for k, v in node.value.items()}
+        if isinstance(node.value, list):
+            return [self._metadata(v) for v in node.value]
+        # YAML reads `released: 2024-01-01` as a date, which json.dumps refuses.
+        if isinstance(node.value, dt.date):
+            return node.value.isoformat()
+        if isinstance(node.value, bytes):
+            self.problems.append(node.problem("expected text, a number or true/false"))
+        return node.value
 
     def _state(self, node: Node | None) -> State:
         if node is None:
@@ -243,7 +259,8 @@ def parse_manifest(
     """Check a parsed manifest; `problems` already found while parsing are reported too."""
     checker = _Checker(sources, Path(path).parent if path else Path.cwd())
     models = checker.check_models(root) if root.value is not None else {}
-    problems = [*(problems or []), *checker.problems]
+    # dict.fromkeys: a bad `defaults:` value is found once per model using it; say it once.
+    problems = list(dict.fromkeys([*(problems or []), *checker.problems]))
     if problems:
         raise ManifestError(problems)
     return Manifest(path=path, models=models)

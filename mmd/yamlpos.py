@@ -65,6 +65,8 @@ class _Walker:
         # id(mapping node) -> how many of its pairs came from `<<:` merge keys. An
         # aliased mapping is walked again after flatten_mapping() already rewrote it.
         self.merged: dict[int, int] = {}
+        # Collections being walked now: meeting one again means it contains itself.
+        self.open: set[int] = set()
 
     def problem(self, node: yaml.Node, path: str, message: str) -> None:
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
@@ -86,6 +88,22 @@ class _Walker:
         if self.count > MAX_NODES:
             raise YamlError([f"{self.file}: too many YAML values (alias expansion?); refusing"])
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node, yaml.CollectionNode):
+            if id(node) in self.open:
+                # Found here rather than by exhausting the stack: a RecursionError is slow
+                # and leaves no position to report.
+                label = f"{path}: " if path else ""
+                raise YamlError(
+                    [f"{self.file}:{line}:{col}: {label}recursive alias (a value inside itself)"]
+                )
+            self.open.add(id(node))
+            try:
+                return self._collection(node, path, line, col)
+            finally:
+                self.open.discard(id(node))
+        return Node(self.construct(node, path), self.file, line, col, path)
+
+    def _collection(self, node: yaml.CollectionNode, path: str, line: int, col: int) -> Node:
         if isinstance(node, yaml.MappingNode):
             if id(node) not in self.merged:
                 own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
@@ -100,7 +118,9 @@ class _Walker:
                 if not isinstance(key_node, yaml.ScalarNode):
                     # Never construct or str() a collection key: through aliases a few
                     # bytes of it expand to billions of values.
-                    self.problem(key_node, path, "a key must be a plain value, not a list or mapping")
+                    self.problem(
+                        key_node, path, "a key must be a plain value, not a list or mapping"
+                    )
                     continue
                 key = self.construct(key_node, path)
                 if not isinstance(key, str):
@@ -122,10 +142,8 @@ class _Walker:
                 else:
                     overridable.discard(key)
             return Node(out, self.file, line, col, path)
-        if isinstance(node, yaml.SequenceNode):
-            items = [self.walk(item, _join(path, i)) for i, item in enumerate(node.value)]
-            return Node(items, self.file, line, col, path)
-        return Node(self.construct(node, path), self.file, line, col, path)
+        items = [self.walk(item, _join(path, i)) for i, item in enumerate(node.value)]
+        return Node(items, self.file, line, col, path)
 
 
 def load_text(text: str, file: str, problems: list[str] | None = None) -> Node:
@@ -145,11 +163,15 @@ def load_text(text: str, file: str, problems: list[str] | None = None) -> Node:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
-        raise YamlError([f"{where}: invalid YAML: {exc.problem or exc.context}"]) from None
+        message = exc.problem or exc.context
+        if exc.context and message and message.startswith("but "):
+            # "but found another document" makes sense only after its context.
+            message = f"{exc.context}, {message}"
+        raise YamlError([f"{where}: invalid YAML: {message}"]) from None
     except yaml.YAMLError as exc:
         raise YamlError([f"{file}: invalid YAML: {exc}"]) from None
     except RecursionError:
-        raise YamlError([f"{file}: YAML nested too deeply (recursive alias?); refusing"]) from None
+        raise YamlError([f"{file}: YAML nested too deeply; refusing"]) from None
     finally:
         loader.dispose()
     if walker.problems:
