@@ -26,7 +26,7 @@ from mmd.plugins import Plugins, load_plugins
 from mmd.progress import ProgressBars
 from mmd.registry import Registry
 from mmd.storage import Storage, hash_file
-from mmd.sync import Syncer
+from mmd.sync import Outcome, Syncer
 from mmd.types import ModelEntry, ModelStatus
 
 log = logging.getLogger("mmd")
@@ -137,17 +137,7 @@ class Cli:
         manifest = self.manifest()
         only = self.check_ids(manifest, self.args.ids)
         registry = self.registry(manifest, persist=False)
-        actions = asyncio.run(
-            plan(
-                manifest,
-                registry,
-                self.storage,
-                self.plugins,
-                self.ctx(),
-                only=only,
-                prune=self.settings.prune,
-            )
-        )
+        actions = asyncio.run(self._plan(manifest, registry, only))
         if self.args.json:
             self.out(json.dumps([a.to_json() for a in actions], indent=1))
         else:
@@ -177,8 +167,10 @@ class Cli:
             self.out(f"{len(outcomes)} models: {changed} changed, {len(failed)} failed")
         return 1 if failed else 0
 
-    async def _sync(self, manifest: Manifest, registry: Registry, only: list[str] | None) -> list:
-        actions = await plan(
+    async def _plan(
+        self, manifest: Manifest, registry: Registry, only: list[str] | None
+    ) -> list[Action]:
+        return await plan(
             manifest,
             registry,
             self.storage,
@@ -187,6 +179,11 @@ class Cli:
             only=only,
             prune=self.settings.prune,
         )
+
+    async def _sync(
+        self, manifest: Manifest, registry: Registry, only: list[str] | None
+    ) -> list[Outcome]:
+        actions = await self._plan(manifest, registry, only)
         with ProgressBars(enabled=not self.args.json) as bars:
             syncer = Syncer(self.settings, self.plugins, registry, self.storage, bars)
             return await syncer.apply(actions)

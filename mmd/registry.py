@@ -142,7 +142,9 @@ class Registry:
         }
 
     def save(self) -> None:
-        atomic_write(self.path, json.dumps(self.to_json(), indent=1).encode() + b"\n")
+        # default=str: a plugin's metadata may hold values JSON cannot (dates, paths).
+        data = json.dumps(self.to_json(), indent=1, default=str)
+        atomic_write(self.path, data.encode() + b"\n")
 
     def get(self, model_id: str) -> ModelEntry | None:
         return self.models.get(model_id)
