@@ -55,7 +55,8 @@ class Sink(Protocol):
     continue from that byte, or call `reset()` to start over.
     """
 
-    offset: int
+    @property
+    def offset(self) -> int: ...
 
     def write(self, data: bytes) -> None: ...
 

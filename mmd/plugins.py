@@ -113,7 +113,7 @@ def _collect_sources(plugins: Plugins, dists: dict[str, tuple[str | None, str | 
     for impl in reversed(pm.hook.mmd_sources.get_hookimpls()):
         plugin_name = impl.plugin_name
         try:
-            provided = list(impl.function())
+            provided: list[Source] = list(impl.function())  # type: ignore[call-overload]
             for source in provided:
                 if not isinstance(source, Source) or not source.name:
                     raise TypeError(f"expected mmd.hookspecs.Source, got {source!r}")
