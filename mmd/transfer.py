@@ -15,7 +15,9 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -32,6 +34,8 @@ Progress = Callable[[int, int | None, float], None]
 """progress(bytes_done, bytes_total or None, rate in bytes/s)"""
 
 MAX_REDIRECTS = 10
+PIPELINE_DEPTH = 2  # chunks queued per stage (hash, write) behind the one in work
+WRITEBACK_EVERY = 32 << 20  # bytes between background fdatasync calls
 # Headers that carry credentials: dropped when a redirect leaves the original origin.
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -279,22 +283,38 @@ async def _receive(
     part.save_meta({"url": file.url, "validator": validator, "size": total})
     total = total if total is not None else file.size
     started, start_offset = time.monotonic(), part.offset
-    pending: asyncio.Future[None] | None = None
+    # Three stages at once: the event loop receives chunk N+1 while one thread hashes
+    # chunk N and another writes it (hashlib and os.write drop the GIL). One thread per
+    # stage keeps each stage in order; up to PIPELINE_DEPTH chunks wait per stage.
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="mmd-sha256")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="mmd-write")
+    pending: deque[asyncio.Future[None]] = deque()
+    # An fdatasync in the background every WRITEBACK_EVERY bytes, so the disk writes
+    # while the network is busy and the fsync in part.finish() has little left to do.
+    syncing: asyncio.Future[None] | None = None
+    received = synced = part.offset
     try:
         while True:
             chunk = await resp.content.read(options.chunk_size)
             if not chunk:
                 break
-            if pending is not None:
-                await pending
-            pending = loop.run_in_executor(None, part.write, chunk)
+            while len(pending) >= 2 * PIPELINE_DEPTH:
+                await pending.popleft()
+            pending.append(loop.run_in_executor(hasher, part.update_hash, chunk))
+            pending.append(loop.run_in_executor(writer, part.append, chunk, received))
+            received += len(chunk)
+            if received - synced >= WRITEBACK_EVERY and (syncing is None or syncing.done()):
+                if syncing is not None:
+                    await syncing  # raises its error, if any
+                syncing = loop.run_in_executor(None, part.sync)
+                synced = received
             if progress is not None:
                 elapsed = max(time.monotonic() - started, 1e-6)
-                done = part.offset + len(chunk)
-                progress(done, total, (done - start_offset) / elapsed)
-        if pending is not None:
-            await pending
-            pending = None
+                progress(received, total, (received - start_offset) / elapsed)
+        while pending:
+            await pending.popleft()
+        if syncing is not None:
+            await syncing
     except OSError as exc:
         if isinstance(exc, aiohttp.ClientError):
             raise
@@ -302,8 +322,12 @@ async def _receive(
             raise DownloadError(f"{file.path}: disk full while writing", retryable=False) from exc
         raise DownloadError(f"{file.path}: cannot write: {exc}", retryable=False) from exc
     finally:
-        if pending is not None:
-            await asyncio.gather(pending, return_exceptions=True)
+        if syncing is not None:
+            pending.append(syncing)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        hasher.shutdown(wait=False)
+        writer.shutdown(wait=False)
     if total is not None and part.offset < total:
         raise RetryableHTTPError(
             f"connection closed at {part.offset} of {total} bytes from {show_url(url)}"
