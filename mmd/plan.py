@@ -110,7 +110,8 @@ def _present_action(
     if drift := _disk_drift(entry, storage):
         return act(ActionKind.UPDATE, drift)
     if entry.error:
-        return act(ActionKind.UPDATE, f"last attempt failed: {entry.error}")
+        # The source answers again and nothing changed: the error is history.
+        return act(ActionKind.NOTHING, f"up to date at {version}; clears: {entry.error}")
     return act(kind, f"up to date at {version}")
 
 

@@ -104,6 +104,7 @@ class Syncer:
                 self._fail(action, action.reason)
                 return Outcome(action.model_id, action.kind, False, action.reason)
             else:
+                self._clear_stale_error(action)
                 return Outcome(action.model_id, action.kind, True, action.reason)
         except MmdError as exc:
             self._fail(action, str(exc))
@@ -139,17 +140,24 @@ class Syncer:
         self.events.status(entry)
         return entry
 
+    def _clear_stale_error(self, action: Action) -> None:
+        entry = self.registry.get(action.model_id)
+        if action.release is not None and entry is not None and entry.error:
+            self._set(action, entry.status, error=None)
+
     def _fail(self, action: Action, message: str) -> None:
         one_line = " ".join(message.split())
         log.error("%s: %s", action.model_id, one_line)
         current = self.registry.get(action.model_id)
         if (
-            action.kind is ActionKind.UPDATE
+            action.kind in (ActionKind.UPDATE, ActionKind.ERROR)
             and current is not None
             and current.status is ModelStatus.AVAILABLE
+            and current.source == action.source
         ):
             # The old version is still whole on disk: keep serving it, record why not newer.
-            self._set(action, ModelStatus.AVAILABLE, error=f"update failed: {one_line}")
+            what = "update failed" if action.kind is ActionKind.UPDATE else "check failed"
+            self._set(action, ModelStatus.AVAILABLE, error=f"{what}: {one_line}")
         else:
             self._set(action, ModelStatus.ERROR, error=one_line)
 

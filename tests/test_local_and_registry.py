@@ -192,3 +192,27 @@ def test_validate_and_missing_manifest_messages(home: Home, mmd: Mmd) -> None:
     home.write_manifest("models:\n  m:\n    source: http\n    url: ftp://x/y\n")
     assert mmd("sync").code == 2
     assert mmd("validate").code == 1
+
+
+def test_source_failure_keeps_an_available_model_available(
+    home: Home, mmd: Mmd, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    make_source_folder(src)
+    home.write_manifest(f"models:\n  m:\n    source: local\n    path: {src}\n")
+    assert mmd("sync").code == 0
+    src.rename(tmp_path / "gone")  # the NFS mount went away
+
+    result = mmd("sync")
+    assert result.code == 1
+    entry = home.entry("m")
+    assert entry["status"] == "available"  # still whole on disk: schedulers keep using it
+    assert entry["error"].startswith("check failed: local path")
+    assert (home.storage / "local/m/config.json").exists()
+
+    (tmp_path / "gone").rename(src)
+    copied = (home.storage / "local/m/config.json").stat().st_ino
+    assert "nothing  m: up to date" in mmd("plan").out
+    assert mmd("sync").code == 0
+    assert home.entry("m")["error"] is None
+    assert (home.storage / "local/m/config.json").stat().st_ino == copied  # not copied again
