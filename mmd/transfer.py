@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from mmd.errors import DownloadError
 from mmd.partfile import PartFile
 from mmd.types import RemoteFile
+from mmd.urls import origin, show_url
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +56,6 @@ class TransferOptions:
     connect_timeout: float = 30.0
     chunk_size: int = 4 << 20
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-
-
-def show_url(url: str) -> str:
-    """A URL safe for messages: no user info, no query (signed URLs carry secrets there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -170,6 +156,10 @@ async def download(
             f"{file.path}: {_describe(exc, options)} from {show_url(file.url)} "
             f"(gave up after {attempts.failures} tries; the next pass resumes)"
         ) from exc
+    except RetryableHTTPError as exc:
+        raise DownloadError(
+            f"{file.path}: {exc.message} (gave up after {attempts.failures} tries)"
+        ) from exc
 
 
 def _describe(exc: BaseException, options: TransferOptions) -> str:
@@ -214,7 +204,8 @@ async def _attempt(
         not _can_resume(file, part) or (file.size is not None and part.offset > file.size)
     ):
         part.reset()
-    if file.size is not None and part.offset == file.size and part.offset > 0:
+    known_size = file.size if file.size is not None else part.load_meta().get("size")
+    if known_size is not None and part.offset == known_size and part.offset > 0:
         return  # every byte is already here (killed between last write and rename)
     headers = _request_headers(file, part)
     first_origin = origin(file.url)
@@ -234,6 +225,26 @@ async def _attempt(
             await _receive(resp, url, file, part, options, progress)
             return
     raise DownloadError(f"too many redirects from {show_url(file.url)}", retryable=False)
+
+
+async def _drain(
+    pending: deque[asyncio.Future[None]],
+    syncing: asyncio.Future[None] | None,
+    *executors: ThreadPoolExecutor,
+) -> OSError | None:
+    """Wait for queued hash/write work; the first write error, if any."""
+    futures = [*pending, *([syncing] if syncing is not None else [])]
+    pending.clear()
+    results = await asyncio.gather(*futures, return_exceptions=True) if futures else []
+    for executor in executors:
+        executor.shutdown(wait=False)
+    return next((r for r in results if isinstance(r, OSError)), None)
+
+
+def _write_failure(file: RemoteFile, exc: OSError) -> DownloadError:
+    if exc.errno == errno.ENOSPC:
+        return DownloadError(f"{file.path}: disk full while writing", retryable=False)
+    return DownloadError(f"{file.path}: cannot write: {exc}", retryable=False)
 
 
 def _check_status(resp: aiohttp.ClientResponse, url: str, file: RemoteFile) -> None:
@@ -257,16 +268,29 @@ async def _receive(
     _check_status(resp, url, file)
     loop = asyncio.get_running_loop()
     total: int | None
+    saved = part.load_meta()
+    validator = resp.headers.get("ETag")
+    if not validator or validator.startswith("W/"):
+        validator = resp.headers.get("Last-Modified")
     if resp.status == 416:
+        unsatisfied = resp.headers.get("Content-Range", "")
+        if unsatisfied == f"bytes */{part.offset}" and validator == saved.get("validator"):
+            return  # we already hold the whole, unchanged file
         # Our Range starts at or past the end: the server's file is shorter than ours.
         part.reset()
         raise RetryableHTTPError(f"HTTP 416 from {show_url(url)}; restarting from zero")
     if resp.status == 206:
         match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-        if not match or int(match.group(1)) != part.offset:
+        total = None if not match or match.group(3) == "*" else int(match.group(3))
+        changed = (validator and validator != saved.get("validator")) or (
+            total is not None and saved.get("size") not in (None, total)
+        )
+        if not match or int(match.group(1)) != part.offset or changed:
+            # A server that ignores If-Range must not splice two versions together.
             part.reset()
-            raise RetryableHTTPError(f"bad Content-Range from {show_url(url)}; restarting")
-        total = None if match.group(3) == "*" else int(match.group(3))
+            raise RetryableHTTPError(
+                f"{show_url(url)} changed or sent a bad range while resuming; restarting"
+            )
     else:
         if part.offset:
             log.info("%s: server sent the whole file; restarting from zero", file.path)
@@ -277,9 +301,6 @@ async def _receive(
         raise DownloadError(
             f"{file.path}: server has {total} bytes, expected {file.size}", retryable=False
         )
-    validator = resp.headers.get("ETag")
-    if not validator or validator.startswith("W/"):
-        validator = resp.headers.get("Last-Modified")
     part.save_meta({"url": file.url, "validator": validator, "size": total})
     total = total if total is not None else file.size
     started, start_offset = time.monotonic(), part.offset
@@ -317,17 +338,18 @@ async def _receive(
             await syncing
     except OSError as exc:
         if isinstance(exc, aiohttp.ClientError):
+            write_error = await _drain(pending, syncing, hasher, writer)
+            if write_error is not None:
+                # The hash may cover bytes that never reached the disk: no resume on top
+                # of that; the next pass reopens the .part and rehashes what is there.
+                raise _write_failure(file, write_error) from exc
             raise
-        if exc.errno == errno.ENOSPC:
-            raise DownloadError(f"{file.path}: disk full while writing", retryable=False) from exc
-        raise DownloadError(f"{file.path}: cannot write: {exc}", retryable=False) from exc
-    finally:
-        if syncing is not None:
-            pending.append(syncing)
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        hasher.shutdown(wait=False)
-        writer.shutdown(wait=False)
+        await _drain(pending, syncing, hasher, writer)
+        raise _write_failure(file, exc) from exc
+    except BaseException:
+        await _drain(pending, syncing, hasher, writer)
+        raise
+    await _drain(pending, syncing, hasher, writer)
     if total is not None and part.offset < total:
         raise RetryableHTTPError(
             f"connection closed at {part.offset} of {total} bytes from {show_url(url)}"

@@ -264,6 +264,11 @@ class FileServer:
     async def _cleanup(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        # Handlers still stalled (stall knob) would be reported as destroyed while pending.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     # ------------------------------------------------------------------ content
 
