@@ -342,6 +342,12 @@ def main(argv: Sequence[str] | None = None, *, plugins: Sequence[object] = ()) -
     except MmdError as exc:
         print(f"mmd: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # Storage or registry not writable, a path that is a file: one line, no traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mmd: {where}{exc.strerror or exc}", file=sys.stderr)
+        log.debug("traceback", exc_info=True)
+        return 1
     except KeyboardInterrupt:
         print("mmd: interrupted; partial downloads are kept and resume next time", file=sys.stderr)
         return 130

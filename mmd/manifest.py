@@ -28,7 +28,7 @@ DEFAULT_SOURCE = "huggingface"
 COMMON_KEYS = ("source", "type", "state", "metadata")
 TOP_KEYS = ("version", "defaults", "models")
 MAX_ID = 200
-_ID_CHARS = re.compile(r"^[A-Za-z0-9._\-/]+$")
+_ID_CHARS = re.compile(r"[A-Za-z0-9._\-/]+")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -41,7 +41,7 @@ class Manifest:
 def id_problem(model_id: str) -> str | None:
     if not model_id or len(model_id) > MAX_ID:
         return f"a model id must be 1-{MAX_ID} characters"
-    if not _ID_CHARS.match(model_id):
+    if not _ID_CHARS.fullmatch(model_id):
         return "a model id may only contain letters, digits, '.', '_', '-' and one '/'"
     parts = model_id.split("/")
     if len(parts) > 2:

@@ -93,7 +93,7 @@ def _present_action(
     spec: ModelSpec, release: Release, registry: Registry, storage: Storage
 ) -> Action:
     entry = registry.get(spec.model_id)
-    kind, version = ActionKind.NOTHING, release.version
+    version = release.version
 
     def act(kind: ActionKind, reason: str) -> Action:
         return Action(kind, spec.model_id, spec.source, reason, spec, release)
@@ -101,7 +101,9 @@ def _present_action(
     if entry is None or entry.status is ModelStatus.DELETED:
         return act(ActionKind.FETCH, "not in storage")
     if entry.source != spec.source:
-        return act(ActionKind.FETCH, f"source changed from {entry.source} to {spec.source}")
+        # An update: the copy from the old source stays available until the new one is in.
+        kind = ActionKind.UPDATE if entry.status is ModelStatus.AVAILABLE else ActionKind.FETCH
+        return act(kind, f"source changed from {entry.source} to {spec.source}")
     if entry.status is not ModelStatus.AVAILABLE:
         why = f"last attempt failed: {entry.error}" if entry.error else f"status {entry.status}"
         return act(ActionKind.FETCH, why)
@@ -112,7 +114,7 @@ def _present_action(
     if entry.error:
         # The source answers again and nothing changed: the error is history.
         return act(ActionKind.NOTHING, f"up to date at {version}; clears: {entry.error}")
-    return act(kind, f"up to date at {version}")
+    return act(ActionKind.NOTHING, f"up to date at {version}")
 
 
 async def _resolve(spec: ModelSpec, plugins: Plugins, ctx: SourceContext) -> Release:

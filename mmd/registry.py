@@ -52,7 +52,9 @@ class Registry:
         """Read as-is; raises OSError/ValueError when missing or unreadable."""
         with open(path, "rb") as fh:
             data = json.load(fh)
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+            raise ValueError(f"not a registry (a JSON {type(data).__name__} of the wrong shape)")
+        if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"unsupported registry schema {data.get('schema_version')!r}")
         models = {k: ModelEntry.from_json(v) for k, v in (data.get("models") or {}).items()}
         return cls(path, models)
@@ -74,7 +76,7 @@ class Registry:
             return cls.read(path)
         except FileNotFoundError:
             reason = "missing"
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             reason = f"unreadable ({exc})"
             if not persist:
                 registry = cls(path)

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from mmd.partfile import PartFile
 from mmd.plan import Action, ActionKind
 from mmd.plugins import Plugins
 from mmd.registry import Registry, atomic_write, utc_now
-from mmd.storage import Storage, ensure_dirs
+from mmd.storage import Storage, ensure_dirs, hash_file
 from mmd.transfer import TransferOptions, download, new_session
 from mmd.types import FileEntry, ModelEntry, ModelStatus, RemoteFile
 
@@ -106,11 +108,18 @@ class Syncer:
             else:
                 self._clear_stale_error(action)
                 return Outcome(action.model_id, action.kind, True, action.reason)
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C, SIGTERM): nothing is downloading any more.
+            entry = self.registry.get(action.model_id)
+            if entry is not None and entry.status is ModelStatus.DOWNLOADING:
+                self._set(action, ModelStatus.PENDING, error=None)
+            raise
         except MmdError as exc:
             self._fail(action, str(exc))
             return Outcome(action.model_id, action.kind, False, str(exc))
         except Exception as exc:  # keep the other models going, say what broke
-            log.exception("%s: unexpected failure", action.model_id)
+            log.error("%s: unexpected failure: %r", action.model_id, exc)
+            log.debug("traceback", exc_info=True)
             message = f"unexpected {type(exc).__name__}: {exc}"
             self._fail(action, message)
             return Outcome(action.model_id, action.kind, False, message)
@@ -120,7 +129,10 @@ class Syncer:
 
     def _entry_for(self, action: Action) -> ModelEntry:
         entry = self.registry.get(action.model_id)
-        if entry is not None and entry.source == action.source:
+        # An available entry of another source stays until its replacement is switched in.
+        if entry is not None and (
+            entry.source == action.source or entry.status is ModelStatus.AVAILABLE
+        ):
             return entry
         spec = action.spec
         return ModelEntry(
@@ -153,7 +165,6 @@ class Syncer:
             action.kind in (ActionKind.UPDATE, ActionKind.ERROR)
             and current is not None
             and current.status is ModelStatus.AVAILABLE
-            and current.source == action.source
         ):
             # The old version is still whole on disk: keep serving it, record why not newer.
             what = "update failed" if action.kind is ActionKind.UPDATE else "check failed"
@@ -177,11 +188,12 @@ class Syncer:
         await asyncio.to_thread(ensure_dirs, stage, "files")
         done = _load_done(stage)
         reusable = _reusable(previous, self.storage) if previous else {}
+        current = self.storage.model_dir(spec.source, spec.model_id)
         await asyncio.to_thread(self._check_space, release.files, done, reusable, files_dir)
         try:
             results = await asyncio.gather(
                 *(
-                    self._file(action, source, f, files_dir, stage, done, reusable)
+                    self._file(action, source, f, files_dir, stage, done, reusable, current)
                     for f in release.files
                 ),
                 return_exceptions=True,
@@ -202,9 +214,6 @@ class Syncer:
         target = await asyncio.to_thread(
             self.storage.promote, files_dir, spec.source, spec.model_id
         )
-        await asyncio.to_thread(self._drop_stage, stage)
-        if previous is not None and previous.source != spec.source:
-            await asyncio.to_thread(self.storage.remove_model, previous.source, spec.model_id)
         entry = ModelEntry(
             model_id=spec.model_id,
             source=spec.source,
@@ -218,9 +227,14 @@ class Syncer:
             error=None,
             metadata={**release.metadata, **spec.metadata},
         )
+        # Registry first, then the stage: a crash in between finds done.json and the
+        # promoted files, and reuses them instead of downloading again.
         self.registry.put(entry)
         self.registry.save()
         self.events.status(entry)
+        await asyncio.to_thread(self._drop_stage, stage)
+        if previous is not None and previous.source != spec.source:
+            await asyncio.to_thread(self.storage.remove_model, previous.source, spec.model_id)
         verb = "fetched" if action.kind is ActionKind.FETCH else "updated"
         return f"{verb} {len(files)} files, {entry.size_bytes} bytes, version {release.version}"
 
@@ -254,17 +268,19 @@ class Syncer:
         stage: Path,
         done: dict[str, dict[str, Any]],
         reusable: dict[str, Path],
+        current: Path,
     ) -> None:
         final = files_dir / file.path
         if file.path in done and final.is_file():
             return
         parent = "/".join(file.path.split("/")[:-1])
         await asyncio.to_thread(ensure_dirs, files_dir, parent)
-        if file.sha256 and file.sha256 in reusable:
-            await asyncio.to_thread(_link_or_copy, reusable[file.sha256], final)
-            size = final.stat().st_size
-            _mark_done(stage, done, file.path, size, file.sha256)
-            return
+        known = file.sha256 or done.get(file.path, {}).get("sha256")
+        if known:
+            candidates = [reusable.get(known), current / file.path]
+            if await asyncio.to_thread(_reuse, candidates, known, final):
+                _mark_done(stage, done, file.path, final.stat().st_size, known)
+                return
         async with self.slots:
             part = PartFile(final, file.path)
             await asyncio.to_thread(part.open)
@@ -293,29 +309,18 @@ class Syncer:
         self, action: Action, source: Source, file: RemoteFile, part: PartFile
     ) -> None:
         assert action.spec is not None and source.fetch is not None
-        loop = asyncio.get_running_loop()
-        total = file.size
-        mid = action.model_id
-
-        class _ProgressSink:
-            """The sink a source writes to: PartFile plus progress on the loop thread."""
-
-            @property
-            def offset(self) -> int:
-                return part.offset
-
-            def write(self, data: bytes) -> None:
-                part.write(data)
-                loop.call_soon_threadsafe(
-                    self_events.file_progress, mid, file.path, part.offset, total, 0.0
-                )
-
-            def reset(self) -> None:
-                part.reset()
-
-        self_events = self.events
+        sink = _SourceSink(part, asyncio.get_running_loop(), self.events, action.model_id, file)
+        task = asyncio.ensure_future(
+            asyncio.to_thread(source.fetch, action.spec, file, sink, self.ctx)
+        )
         try:
-            await asyncio.to_thread(source.fetch, action.spec, file, _ProgressSink(), self.ctx)
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The thread cannot be cancelled: make its next write fail, and wait for it
+            # to return before the .part is closed under it.
+            sink.stopped.set()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
         except MmdError:
             raise
         except OSError as exc:
@@ -342,6 +347,40 @@ class Syncer:
         return f"removed ({action.reason})"
 
 
+class _SourceSink:
+    """The sink a source's own fetch writes to: the PartFile, plus progress and a stop."""
+
+    def __init__(
+        self,
+        part: PartFile,
+        loop: asyncio.AbstractEventLoop,
+        events: SyncEvents,
+        model_id: str,
+        file: RemoteFile,
+    ) -> None:
+        self.part, self.loop, self.events = part, loop, events
+        self.model_id, self.file = model_id, file
+        self.stopped = threading.Event()
+        self.started, self.start_offset = time.monotonic(), part.offset
+
+    @property
+    def offset(self) -> int:
+        return self.part.offset
+
+    def write(self, data: bytes) -> None:
+        if self.stopped.is_set():
+            raise DownloadError(f"{self.file.path}: interrupted")
+        self.part.write(data)
+        done = self.part.offset
+        rate = (done - self.start_offset) / max(time.monotonic() - self.started, 1e-6)
+        self.loop.call_soon_threadsafe(
+            self.events.file_progress, self.model_id, self.file.path, done, self.file.size, rate
+        )
+
+    def reset(self) -> None:
+        self.part.reset()
+
+
 def _first_error(errors: list[BaseException]) -> BaseException:
     # A checksum failure says more than the cancellations it may have caused.
     for exc in errors:
@@ -359,6 +398,21 @@ def _reusable(entry: ModelEntry, storage: Storage) -> dict[str, Path]:
         if f.sha256 and path.is_file() and not path.is_symlink() and path.stat().st_size == f.size:
             found[f.sha256] = path
     return found
+
+
+def _reuse(candidates: list[Path | None], sha256: str, dst: Path) -> bool:
+    """Link the first candidate whose bytes hash to `sha256` into place.
+
+    Hashed every time: a file on disk may have been changed by hand since it was
+    registered, and a corrupt copy must never be carried into a new version.
+    """
+    for path in candidates:
+        if path is None or path.is_symlink() or not path.is_file():
+            continue
+        if hash_file(path) == sha256:
+            _link_or_copy(path, dst)
+            return True
+    return False
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from mmd.hookspecs import KeyRule, Source, SourceContext, hookimpl
 from mmd.types import ModelSpec, Release, RemoteFile
+from mmd.urls import show_url
 
 
 def _filename(options: Mapping[str, Any]) -> str:
@@ -35,7 +36,8 @@ def resolve(spec: ModelSpec, ctx: SourceContext) -> Release:
         sha256=str(sha256).lower() if sha256 else None,
         url=url,
     )
-    return Release(version=version, files=(file,), metadata={"url": url})
+    # The registry is readable by anyone allowed: no user info or signed query in it.
+    return Release(version=version, files=(file,), metadata={"url": show_url(url)})
 
 
 def validate(options: Mapping[str, Any]) -> Iterable[tuple[str, str]]:

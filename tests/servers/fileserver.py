@@ -23,7 +23,8 @@ Order in which the knobs of a path are applied to a request:
    means "serve normally" for that slot).
 3. ``redirect_to``: 302 to that URL, ``redirect_times`` times.
 4. Unknown path: 404.
-5. Normal service (GET/HEAD, Range, If-Range), modified by ``ignore_range``, ``flip_byte``,
+5. Normal service (GET/HEAD, Range, If-Range), modified by ``ignore_range``,
+   ``ignore_if_range``, ``flip_byte``,
    ``stall_after``/``stall_seconds`` and ``cut_after`` (the last two only for GET responses
    whose body is longer than the offset; only those responses count against
    ``stall_times``/``cut_times``). Offsets of ``cut_after``/``stall_after`` are relative to
@@ -102,6 +103,7 @@ class Faults:
     stall_seconds: float = 0.0
     stall_times: int = 1
     ignore_range: bool = False
+    ignore_if_range: bool = False  # honour Range but not If-Range, like naive servers
     flip_byte: int | None = None
     status_sequence: list[int] = dataclasses.field(default_factory=list)
     retry_after: str | None = None
@@ -433,7 +435,11 @@ class FileServer:
         range_header = request.headers.get("Range")
         if range_header is not None and not (faults is not None and faults.ignore_range):
             if_range = request.headers.get("If-Range")
-            if if_range is None or if_range.strip() in (meta.etag, meta.last_modified):
+            if (
+                if_range is None
+                or (faults is not None and faults.ignore_if_range)
+                or if_range.strip() in (meta.etag, meta.last_modified)
+            ):
                 parsed = _parse_range(range_header, size)
                 if isinstance(parsed, _Unsatisfiable):
                     headers["Content-Range"] = f"bytes */{size}"
