@@ -242,9 +242,9 @@ class _Checker:
             self.problems.append(node.problem("expected `present` or `absent`"))
             return State.PRESENT
 
-    def _type(self, node: Node | None) -> ModelType:
+    def _type(self, node: Node | None) -> ModelType | None:
         if node is None:
-            return ModelType.OTHER
+            return None
         try:
             return ModelType(node.value)
         except ValueError:

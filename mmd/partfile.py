@@ -32,16 +32,28 @@ class PartFile:
         self.fd: int | None = None
         self.offset = 0
         self._hash = hashlib.sha256()
+        self._blob: Any = None  # git blob sha1, when the expected size is known
+        self._blob_size: int | None = None
 
-    def open(self) -> None:
-        """Open or create the .part (never through a symlink) and rehash what is there."""
+    def open(self, git_blob_size: int | None = None) -> None:
+        """Open or create the .part (never through a symlink) and rehash what is there.
+
+        With `git_blob_size`, a git blob sha1 is computed alongside the sha256.
+        """
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         self.fd = os.open(self.part, flags, 0o644)
+        self._blob_size = git_blob_size
+        self._start_hashes()
+        while data := os.read(self.fd, READ_CHUNK):
+            self.update_hash(data)
+            self.offset += len(data)
+
+    def _start_hashes(self) -> None:
         self._hash = hashlib.sha256()
         self.offset = 0
-        while data := os.read(self.fd, READ_CHUNK):
-            self._hash.update(data)
-            self.offset += len(data)
+        self._blob = None
+        if self._blob_size is not None:
+            self._blob = hashlib.sha1(f"blob {self._blob_size}\0".encode(), usedforsecurity=False)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.update_hash(data)
@@ -52,6 +64,8 @@ class PartFile:
 
     def update_hash(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
+        if self._blob is not None:
+            self._blob.update(data)
 
     def append(self, data: bytes | bytearray | memoryview, at: int) -> None:
         """Append `data` (without hashing it) if the file is `at` bytes long; else raise."""
@@ -75,8 +89,7 @@ class PartFile:
         assert self.fd is not None
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
-        self._hash = hashlib.sha256()
-        self.offset = 0
+        self._start_hashes()
         self.meta_path.unlink(missing_ok=True)
 
     def hexdigest(self) -> str:
@@ -107,8 +120,16 @@ class PartFile:
         self.part.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)
 
-    def finish(self, expected_sha256: str | None, expected_size: int | None) -> str:
-        """Verify and move into place; a mismatch deletes the bytes so a retry starts clean."""
+    def finish(
+        self,
+        expected_sha256: str | None,
+        expected_size: int | None,
+        expected_git_sha1: str | None = None,
+    ) -> str:
+        """Verify and move into place; a mismatch deletes the bytes so a retry starts clean.
+
+        Returns the sha256 (always computed, whatever was checked).
+        """
         digest = self.hexdigest()
         if expected_size is not None and self.offset != expected_size:
             size = self.offset
@@ -117,6 +138,11 @@ class PartFile:
         if expected_sha256 is not None and digest != expected_sha256.lower():
             self.discard()
             raise ChecksumError(self.label, expected_sha256.lower(), digest)
+        if expected_sha256 is None and expected_git_sha1 is not None:
+            blob = self._blob.hexdigest() if self._blob is not None else "unknown"
+            if blob != expected_git_sha1.lower():
+                self.discard()
+                raise ChecksumError(self.label, expected_git_sha1.lower(), blob, "git blob sha1")
         self.close()
         os.replace(self.part, self.final)
         self.meta_path.unlink(missing_ok=True)

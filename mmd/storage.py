@@ -225,9 +225,26 @@ def list_files(folder: Path) -> list[tuple[str, int]]:
     return found
 
 
-def hash_file(path: Path, chunk: int = 8 << 20) -> str:
+def hash_file(path: Path) -> str:
+    return _hash_file(path, git_blob=False)[0]
+
+
+def hash_file_and_blob(path: Path) -> tuple[str, str]:
+    """The file's sha256 and its git blob sha1 (sha1 of b"blob <size>\\0" + data)."""
+    sha256, blob = _hash_file(path, git_blob=True)
+    assert blob is not None
+    return sha256, blob
+
+
+def _hash_file(path: Path, *, git_blob: bool, chunk: int = 8 << 20) -> tuple[str, str | None]:
     digest = hashlib.sha256()
+    blob = None
     with open(path, "rb", buffering=0) as fh:
+        if git_blob:
+            size = os.fstat(fh.fileno()).st_size
+            blob = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
         while data := fh.read(chunk):
             digest.update(data)
-    return digest.hexdigest()
+            if blob is not None:
+                blob.update(data)
+    return digest.hexdigest(), blob.hexdigest() if blob is not None else None

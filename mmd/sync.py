@@ -28,9 +28,9 @@ from mmd.partfile import PartFile
 from mmd.plan import Action, ActionKind
 from mmd.plugins import Plugins
 from mmd.registry import Registry, atomic_write, utc_now
-from mmd.storage import Storage, ensure_dirs, hash_file
+from mmd.storage import Storage, ensure_dirs, hash_file_and_blob
 from mmd.transfer import TransferOptions, download, new_session
-from mmd.types import FileEntry, ModelEntry, ModelStatus, RemoteFile
+from mmd.types import FileEntry, ModelEntry, ModelStatus, ModelType, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Syncer:
         return ModelEntry(
             model_id=action.model_id,
             source=action.source,
-            model_type=str(spec.model_type) if spec else "other",
+            model_type=str(spec.model_type or ModelType.OTHER) if spec else "other",
             path=str(self.storage.model_dir(action.source, action.model_id)),
             status=ModelStatus.PENDING,
             metadata=dict(spec.metadata) if spec else {},
@@ -217,7 +217,7 @@ class Syncer:
         entry = ModelEntry(
             model_id=spec.model_id,
             source=spec.source,
-            model_type=str(spec.model_type),
+            model_type=_model_type(spec.model_type, release.model_type),
             path=str(target),
             status=ModelStatus.AVAILABLE,
             version=release.version,
@@ -276,14 +276,16 @@ class Syncer:
         parent = "/".join(file.path.split("/")[:-1])
         await asyncio.to_thread(ensure_dirs, files_dir, parent)
         known = file.sha256 or done.get(file.path, {}).get("sha256")
-        if known:
-            candidates = [reusable.get(known), current / file.path]
-            if await asyncio.to_thread(_reuse, candidates, known, final):
-                _mark_done(stage, done, file.path, final.stat().st_size, known)
+        if known or (file.git_sha1 and file.size is not None):
+            candidates = [reusable.get(known) if known else None, current / file.path]
+            digest = await asyncio.to_thread(_reuse, candidates, known, file, final)
+            if digest is not None:
+                _mark_done(stage, done, file.path, final.stat().st_size, digest)
                 return
         async with self.slots:
             part = PartFile(final, file.path)
-            await asyncio.to_thread(part.open)
+            blob_size = file.size if file.git_sha1 and not file.sha256 else None
+            await asyncio.to_thread(part.open, blob_size)
             mid = action.model_id
             self.events.file_started(mid, file.path, file.size, part.offset)
             try:
@@ -298,8 +300,13 @@ class Syncer:
                         self.transfer,
                         lambda d, t, r: self.events.file_progress(mid, file.path, d, t, r),
                     )
-                expected = file.sha256 if self.settings.verify_checksums else None
-                digest = await asyncio.to_thread(part.finish, expected, file.size)
+                verify = self.settings.verify_checksums
+                digest = await asyncio.to_thread(
+                    part.finish,
+                    file.sha256 if verify else None,
+                    file.size,
+                    file.git_sha1 if verify else None,
+                )
             finally:
                 await asyncio.to_thread(part.close)
             _mark_done(stage, done, file.path, part.offset, digest)
@@ -400,19 +407,34 @@ def _reusable(entry: ModelEntry, storage: Storage) -> dict[str, Path]:
     return found
 
 
-def _reuse(candidates: list[Path | None], sha256: str, dst: Path) -> bool:
-    """Link the first candidate whose bytes hash to `sha256` into place.
+def _reuse(
+    candidates: list[Path | None], sha256: str | None, file: RemoteFile, dst: Path
+) -> str | None:
+    """Link the first candidate whose bytes match the expected digest into place.
 
     Hashed every time: a file on disk may have been changed by hand since it was
-    registered, and a corrupt copy must never be carried into a new version.
+    registered, and a corrupt copy must never be carried into a new version. Returns
+    the candidate's sha256, or None when none matched.
     """
     for path in candidates:
         if path is None or path.is_symlink() or not path.is_file():
             continue
-        if hash_file(path) == sha256:
+        if file.size is not None and path.stat().st_size != file.size:
+            continue
+        digest, blob = hash_file_and_blob(path)
+        if (sha256 is not None and digest == sha256) or (sha256 is None and blob == file.git_sha1):
             _link_or_copy(path, dst)
-            return True
-    return False
+            return digest
+    return None
+
+
+def _model_type(declared: ModelType | None, suggested: str | None) -> str:
+    """The manifest's type, else the source's suggestion when it is a known type."""
+    if declared is not None:
+        return str(declared)
+    if suggested in {t.value for t in ModelType}:
+        return str(suggested)
+    return str(ModelType.OTHER)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

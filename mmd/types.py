@@ -50,7 +50,7 @@ class ModelSpec:
 
     model_id: str
     source: str
-    model_type: ModelType = ModelType.OTHER
+    model_type: ModelType | None = None  # None: not in the manifest (a source may fill it)
     state: State = State.PRESENT
     options: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -64,6 +64,8 @@ class RemoteFile:
     `path` is relative to the model folder and is validated by the core before any
     filesystem call. `url`/`headers` are for the core's HTTP transfer; a source with its
     own `fetch` may leave them empty. `sha256` or `size` may be unknown (None).
+    `git_sha1` is a git blob id (sha1 of b"blob <size>\0" + data), what git hosts give for
+    files not in LFS; the core checks it when no sha256 is known (it needs `size`).
     """
 
     path: str
@@ -71,6 +73,7 @@ class RemoteFile:
     sha256: str | None = None
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    git_sha1: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Release:
     version: str
     files: tuple[RemoteFile, ...]
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    model_type: str | None = None  # used when the manifest gives no `type`
 
 
 @dataclass

@@ -120,7 +120,7 @@ def test_valid_manifest_content(tmp_path: Path, sources: dict[str, Source]) -> N
 
     local = manifest.models["team/finetune-v3"]
     assert local.source == "local"
-    assert local.model_type is ModelType.OTHER
+    assert local.model_type is None  # not declared: the registry says "other" (or the hub's tag)
     assert local.options["include"] == ["*.json", "*.safetensors"]  # from defaults
     assert local.options["exclude"] == "*.bin"
     # A relative path is relative to the manifest's folder, not to the cwd.

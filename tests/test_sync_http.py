@@ -61,6 +61,7 @@ def test_fetch_then_noop_pass_makes_no_request(home: Home, mmd: Mmd, fileserver:
     assert entry["version"] == f"sha256:{sha(data)}"
     assert entry["files"] == [{"path": "tiny.gguf", "size": SIZE, "sha256": sha(data)}]
     assert entry["size_bytes"] == SIZE and entry["error"] is None
+    assert entry["model_type"] == "other"
     assert entry["path"] == str(home.storage / "http" / "tiny")
     request = gets(fileserver, "m/tiny.gguf")[0]
     assert request.header("Accept-Encoding") == "identity"
