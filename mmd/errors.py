@@ -51,6 +51,10 @@ class SourceError(MmdError):
     """A source could not resolve a model (not found, no access, bad answer)."""
 
 
+class OfflineError(SourceError):
+    """The source was told not to use the network (e.g. HF_HUB_OFFLINE) and needs it."""
+
+
 class DownloadError(MmdError, OSError):
     """A transfer failed. `retryable` says whether trying again later may help."""
 

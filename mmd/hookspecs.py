@@ -80,6 +80,9 @@ class Source:
       `file.url` with `file.headers` over HTTP (resumable, retried).
     - `validate(options) -> [(key, message)]`: optional checks across keys, run after
       each key's `kind` was checked.
+    - `pinned_version(spec) -> str | None`: optional, no network; the version a spec
+      pins for good (a commit sha). When the registry already holds that version, whole
+      and unchanged, the core skips `resolve` entirely.
     """
 
     name: str
@@ -87,6 +90,7 @@ class Source:
     keys: Mapping[str, KeyRule] = field(default_factory=dict)
     fetch: FetchFn | None = None
     validate: ValidateFn | None = None
+    pinned_version: Callable[[ModelSpec], str | None] | None = None
     description: str = ""
 
 

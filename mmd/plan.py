@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mmd.errors import MmdError, UnsafePathError
+from mmd.errors import MmdError, OfflineError, UnsafePathError
 from mmd.hookspecs import SourceContext
 from mmd.manifest import Manifest
 from mmd.plugins import Plugins
 from mmd.registry import Registry
 from mmd.storage import Storage, validate_relpath
-from mmd.types import ModelEntry, ModelSpec, ModelStatus, Release, State
+from mmd.types import ModelEntry, ModelSpec, ModelStatus, Release, State, spec_digest
 
 CUSTOM_SOURCE = "custom"
 
@@ -109,6 +109,8 @@ def _present_action(
         return act(ActionKind.FETCH, why)
     if entry.version != version:
         return act(ActionKind.UPDATE, f"version {entry.version} -> {version}")
+    if entry.spec_digest != spec_digest(spec):
+        return act(ActionKind.UPDATE, "manifest settings changed (source keys)")
     if drift := _disk_drift(entry, storage):
         return act(ActionKind.UPDATE, drift)
     if entry.error:
@@ -129,6 +131,18 @@ async def _resolve(spec: ModelSpec, plugins: Plugins, ctx: SourceContext) -> Rel
     return release
 
 
+def _whole(entry: ModelEntry | None, spec: ModelSpec, storage: Storage) -> bool:
+    """The registry holds this spec's model, available, as the manifest asks, unchanged."""
+    return (
+        entry is not None
+        and entry.status is ModelStatus.AVAILABLE
+        and entry.source == spec.source
+        and not entry.error
+        and entry.spec_digest == spec_digest(spec)
+        and _disk_drift(entry, storage) is None
+    )
+
+
 async def plan(
     manifest: Manifest,
     registry: Registry,
@@ -144,14 +158,32 @@ async def plan(
 
     async def one(spec: ModelSpec) -> Action:
         entry = registry.get(spec.model_id)
+        source = plugins.sources.get(spec.source)
+        if (
+            spec.state is State.PRESENT
+            and source is not None
+            and source.pinned_version is not None
+            and _whole(entry, spec, storage)
+        ):
+            # An immutable version already here, whole: no network, no hashing.
+            pinned = source.pinned_version(spec)
+            if entry is not None and pinned is not None and pinned == entry.version:
+                reason = f"up to date at {pinned} (pinned)"
+                return Action(ActionKind.NOTHING, spec.model_id, spec.source, reason, spec)
         if spec.state is State.ABSENT:
-            source = entry.source if entry else spec.source
-            on_disk = storage.model_dir(source, spec.model_id).exists()
+            where = entry.source if entry else spec.source
+            on_disk = storage.model_dir(where, spec.model_id).exists()
             if on_disk or (entry is not None and entry.status is not ModelStatus.DELETED):
-                return Action(ActionKind.REMOVE, spec.model_id, source, "state: absent", spec)
-            return Action(ActionKind.NOTHING, spec.model_id, source, "absent", spec)
+                return Action(ActionKind.REMOVE, spec.model_id, where, "state: absent", spec)
+            return Action(ActionKind.NOTHING, spec.model_id, where, "absent", spec)
         try:
             release = await _resolve(spec, plugins, ctx)
+        except OfflineError as exc:
+            if _whole(entry, spec, storage):
+                assert entry is not None
+                reason = f"offline, keeping {entry.version} ({exc.message})"
+                return Action(ActionKind.NOTHING, spec.model_id, spec.source, reason, spec)
+            return Action(ActionKind.ERROR, spec.model_id, spec.source, str(exc), spec)
         except MmdError as exc:
             return Action(ActionKind.ERROR, spec.model_id, spec.source, str(exc), spec)
         return _present_action(spec, release, registry, storage)

@@ -18,7 +18,11 @@ log = logging.getLogger(__name__)
 
 GROUP = "mmd"
 # Registered directly when mmd runs from a checkout that was never pip-installed.
-BUILTINS = {"http": "mmd.sources.http", "local": "mmd.sources.local"}
+BUILTINS = {
+    "http": "mmd.sources.http",
+    "local": "mmd.sources.local",
+    "huggingface": "mmd.sources.huggingface",
+}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,14 @@ from mmd.plugins import Plugins
 from mmd.registry import Registry, atomic_write, utc_now
 from mmd.storage import Storage, ensure_dirs, hash_file_and_blob
 from mmd.transfer import TransferOptions, download, new_session
-from mmd.types import FileEntry, ModelEntry, ModelStatus, ModelType, RemoteFile
+from mmd.types import (
+    FileEntry,
+    ModelEntry,
+    ModelStatus,
+    ModelType,
+    RemoteFile,
+    spec_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +113,7 @@ class Syncer:
                 self._fail(action, action.reason)
                 return Outcome(action.model_id, action.kind, False, action.reason)
             else:
-                self._clear_stale_error(action)
+                self._refresh(action)
                 return Outcome(action.model_id, action.kind, True, action.reason)
         except asyncio.CancelledError:
             # Interrupted (Ctrl-C, SIGTERM): nothing is downloading any more.
@@ -152,10 +159,25 @@ class Syncer:
         self.events.status(entry)
         return entry
 
-    def _clear_stale_error(self, action: Action) -> None:
+    def _refresh(self, action: Action) -> None:
+        """Nothing to download: still apply a cleared error, a new `type` or `metadata`."""
         entry = self.registry.get(action.model_id)
-        if action.release is not None and entry is not None and entry.error:
-            self._set(action, entry.status, error=None)
+        spec = action.spec
+        if entry is None or spec is None or entry.status is not ModelStatus.AVAILABLE:
+            return
+        if entry.source != spec.source:
+            return
+        changed = False
+        if action.release is not None and entry.error:
+            entry.error, changed = None, True
+        if spec.model_type is not None and entry.model_type != spec.model_type:
+            entry.model_type, changed = str(spec.model_type), True
+        if any(entry.metadata.get(k) != v for k, v in spec.metadata.items()):
+            entry.metadata, changed = {**entry.metadata, **spec.metadata}, True
+        if changed:
+            self.registry.put(entry)
+            self.registry.save()
+            self.events.status(entry)
 
     def _fail(self, action: Action, message: str) -> None:
         one_line = " ".join(message.split())
@@ -226,6 +248,7 @@ class Syncer:
             files=files,
             error=None,
             metadata={**release.metadata, **spec.metadata},
+            spec_digest=spec_digest(spec),
         )
         # Registry first, then the stage: a crash in between finds done.json and the
         # promoted files, and reuses them instead of downloading again.

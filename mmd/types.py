@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -57,6 +59,12 @@ class ModelSpec:
     where: str = ""  # "file:line:col" of the model's key, for messages
 
 
+def spec_digest(spec: ModelSpec) -> str:
+    """What about a spec decides the files on disk (not `type` or `metadata`)."""
+    text = json.dumps([spec.source, dict(spec.options)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """One file a source says belongs to a model version.
@@ -108,6 +116,9 @@ class ModelEntry:
     files: list[FileEntry] = field(default_factory=list)
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Digest of the manifest's source settings that produced this copy: a changed
+    # `include` or `filename` is an update even when the remote version is the same.
+    spec_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -129,4 +140,5 @@ class ModelEntry:
             files=files,
             error=data.get("error"),
             metadata=dict(data.get("metadata") or {}),
+            spec_digest=data.get("spec_digest"),
         )

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -52,6 +51,8 @@ from typing import Any, BinaryIO
 
 import pytest
 from aiohttp import web
+
+from tests.servers.threaded import ThreadedServer
 
 __all__ = [
     "ALWAYS",
@@ -179,10 +180,11 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | _Unsatisfiable | No
     return start, size if end is None else min(end, size)
 
 
-class FileServer:
+class FileServer(ThreadedServer):
     """Threaded aiohttp file server with fault knobs. See module docstring."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.url = ""
@@ -192,65 +194,8 @@ class FileServer:
         self._dirs: list[pathlib.Path] = []
         self._faults: dict[str, Faults] = {}
         self._bytes: dict[str, int] = collections.defaultdict(int)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> FileServer:
-        if self._thread is not None:
-            raise RuntimeError("FileServer already started")
-        ready = threading.Event()
-        error: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._setup())
-            except BaseException as exc:
-                error.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(loop.shutdown_default_executor())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"FileServer-{id(self):x}", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if error:
-            self._thread.join()
-            self._thread = None
-            raise error[0]
-        return self
-
-    def stop(self) -> None:
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        if loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._cleanup(), loop)
-            with contextlib.suppress(Exception):
-                fut.result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = None
-        self._loop = None
-        self._runner = None
-
-    def __enter__(self) -> FileServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _setup(self) -> None:
         app = web.Application()
@@ -262,15 +207,6 @@ class FileServer:
         self._runner = runner
         self.port = runner.addresses[0][1]
         self.url = f"http://{self.host}:{self.port}"
-
-    async def _cleanup(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        # Handlers still stalled (stall knob) would be reported as destroyed while pending.
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
 
     # ------------------------------------------------------------------ content
 

@@ -77,7 +77,6 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import datetime
 import email.utils
@@ -105,6 +104,7 @@ from tests.servers.fileserver import (
     _parse_range,
     _Unsatisfiable,
 )
+from tests.servers.threaded import ThreadedServer
 
 __all__ = [
     "ALWAYS",
@@ -367,7 +367,7 @@ def _truthy(value: str | None) -> bool:
 # ---------------------------------------------------------------------- the server
 
 
-class HfHubServer:
+class HfHubServer(ThreadedServer):
     """Threaded aiohttp HF-Hub-compatible server with fault knobs. See the module docstring."""
 
     def __init__(
@@ -386,6 +386,7 @@ class HfHubServer:
         gzip_small_files: bool = False,
         cdn_reject_auth: bool = False,
     ) -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.cdn_port = cdn_port
@@ -417,65 +418,8 @@ class HfHubServer:
         self._faults: list[tuple[str, HubFaults]] = []
         self._bytes: dict[str, int] = collections.defaultdict(int)
         self._clock = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> HfHubServer:
-        if self._thread is not None:
-            raise RuntimeError("HfHubServer already started")
-        ready = threading.Event()
-        error: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._setup())
-            except BaseException as exc:
-                error.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(loop.shutdown_default_executor())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"HfHubServer-{id(self):x}", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if error:
-            self._thread.join()
-            self._thread = None
-            raise error[0]
-        return self
-
-    def stop(self) -> None:
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        if loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._cleanup(), loop)
-            with contextlib.suppress(Exception):
-                fut.result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = None
-        self._loop = None
-        self._runner = None
-
-    def __enter__(self) -> HfHubServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _setup(self) -> None:
         app = web.Application()
@@ -491,10 +435,6 @@ class HfHubServer:
         self.cdn_port = runner.addresses[1][1]
         self.url = f"http://{self.host}:{self.port}"
         self.cdn_url = f"http://{self.host}:{self.cdn_port}"
-
-    async def _cleanup(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # ------------------------------------------------------------------ content
 
