@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-
-from tqdm import tqdm
+from typing import Any
 
 from mmd.sync import SyncEvents
 
@@ -14,11 +13,13 @@ class ProgressBars(SyncEvents):
     def __init__(self, enabled: bool = True) -> None:
         # Bars only on a terminal: logs and CI output stay one line per event.
         self.enabled = enabled and sys.stderr.isatty()
-        self.bars: dict[tuple[str, str], tqdm] = {}
+        self.bars: dict[tuple[str, str], Any] = {}
 
     def file_started(self, model_id: str, path: str, total: int | None, done: int) -> None:
         if not self.enabled:
             return
+        from tqdm import tqdm  # only on a terminal, when something downloads
+
         self.bars[(model_id, path)] = tqdm(
             total=total,
             initial=done,

@@ -17,9 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from mmd.config import Settings
 from mmd.errors import ChecksumError, DownloadError, MmdError, SourceError, UnsafePathError
@@ -29,7 +27,6 @@ from mmd.plan import Action, ActionKind
 from mmd.plugins import Plugins
 from mmd.registry import Registry, atomic_write, utc_now
 from mmd.storage import Storage, ensure_dirs, hash_file_and_blob
-from mmd.transfer import TransferOptions, download, new_session
 from mmd.types import (
     FileEntry,
     ModelEntry,
@@ -38,6 +35,12 @@ from mmd.types import (
     RemoteFile,
     spec_digest,
 )
+
+if TYPE_CHECKING:
+    # aiohttp costs ~0.1 s to import: a pass with nothing to download never loads it.
+    import aiohttp
+
+    from mmd.transfer import TransferOptions
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +85,36 @@ class Syncer:
         self.registry = registry
         self.storage = storage
         self.events = events or SyncEvents()
-        self.transfer = transfer or TransferOptions(idle_timeout=settings.download_timeout)
+        self._transfer = transfer
         self.ctx = SourceContext(settings=settings, env=dict(os.environ))
         self.slots = asyncio.Semaphore(settings.max_concurrent_downloads)
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def transfer(self) -> TransferOptions:
+        if self._transfer is None:
+            from mmd.transfer import TransferOptions
+
+            self._transfer = TransferOptions(idle_timeout=self.settings.download_timeout)
+        return self._transfer
 
     async def apply(self, actions: list[Action]) -> list[Outcome]:
         self.storage.prepare()
         for action in actions:
             if action.kind is ActionKind.FETCH:
                 self._set(action, ModelStatus.PENDING, error=None)
-        async with new_session(
-            self.transfer, limit=self.settings.max_concurrent_downloads * 2
-        ) as s:
-            self._session = s
-            try:
-                outcomes = await asyncio.gather(*(self._one(a) for a in actions))
-            finally:
-                self._session = None
+        if any(a.kind in (ActionKind.FETCH, ActionKind.UPDATE) for a in actions):
+            from mmd.transfer import new_session
+
+            limit = self.settings.max_concurrent_downloads * 2
+            async with new_session(self.transfer, limit=limit) as session:
+                self._session = session
+                try:
+                    outcomes = await asyncio.gather(*(self._one(a) for a in actions))
+                finally:
+                    self._session = None
+        else:
+            outcomes = await asyncio.gather(*(self._one(a) for a in actions))
         await asyncio.to_thread(self.storage.empty_trash)
         return list(outcomes)
 
@@ -315,6 +330,8 @@ class Syncer:
                 if source.fetch is not None:
                     await self._fetch_with_source(action, source, file, part)
                 else:
+                    from mmd.transfer import download
+
                     assert self._session is not None
                     await download(
                         self._session,

@@ -6,10 +6,12 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
-from tests.conftest import Home, Result
+from tests.conftest import ROOT, Home, Result
 from tests.servers.hfhub import HfHubServer, git_blob_sha1
 from tests.test_processes import part_size, wait_for
 from tests.test_sync_http import payload
@@ -281,3 +283,22 @@ def test_sigkill_mid_lfs_file_then_resume(home: Home, hf_endpoint: HfHubServer, 
     assert hf_endpoint.bytes_sent("model.safetensors") < 1.2 * len(big)
     assert on_disk(home, "org/big") == {"model.safetensors": big, "config.json": CONFIG}
     assert json.loads(home.registry_file.read_text())["models"]["org/big"]["version"] == commit
+
+
+def test_pinned_noop_pass_loads_neither_huggingface_hub_nor_aiohttp(
+    home: Home, mmd: Mmd, hf_endpoint: HfHubServer
+):
+    commit, _ = repo_with_weights(hf_endpoint)
+    home.write_manifest(f"models:\n  org/tiny:\n    revision: {commit}\n")
+    assert mmd("sync").code == 0
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mmd", "sync"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "mmd.cli" in imported  # the import log was read
+    assert not {"huggingface_hub", "aiohttp"} & imported
