@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from tests.conftest import ROOT, Home, Result
 from tests.servers.hfhub import HfHubServer, git_blob_sha1
-from tests.test_processes import part_size, wait_for
+from tests.test_processes import part_size, wait_for, wait_until_part_settles
 from tests.test_sync_http import payload
 
 Mmd = Callable[..., Result]
@@ -264,7 +264,7 @@ def test_sigkill_mid_lfs_file_then_resume(home: Home, hf_endpoint: HfHubServer, 
     proc = spawn("sync")
     wait_for(lambda: hf_endpoint.bytes_sent("model.safetensors") >= half, what="half sent")
     wait_for(lambda: part_size(home) >= half - 8 * 1024 * 1024, what="half on disk")
-    time.sleep(0.3)
+    wait_until_part_settles(home)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     kept = part_size(home)

@@ -21,8 +21,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def wait_until_part_settles(home: Home, timeout: float = 20.0) -> int:
+    """The .part size once the stalled writer has flushed its last chunk."""
+    sizes = [-1]
+
+    def settled() -> bool:
+        sizes.append(part_size(home))
+        return sizes[-1] > 0 and sizes[-1] == sizes[-2]
+
+    wait_for(settled, timeout, "the .part to stop growing")
+    return sizes[-1]
 
 
 def part_size(home: Home) -> int:
@@ -42,7 +54,7 @@ def test_sigkill_mid_download_then_resume(home: Home, fileserver: FileServer, sp
     proc = spawn("sync")
     wait_for(lambda: part_size(home) >= half - 8 * 1024 * 1024, what="half the file on disk")
     wait_for(lambda: fileserver.bytes_sent("big.bin") >= half, what="server sent half")
-    time.sleep(0.3)  # let the last received chunk reach the .part file
+    wait_until_part_settles(home)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
