@@ -61,7 +61,8 @@ against the file's path in the repo (``a.bin``) and its key ``[datasets/]org/nam
 first fault set (in insertion order) that matches applies; ``methods=["GET"]`` restricts it. Knobs
 are those of ``FileServer`` (``status_sequence`` + ``retry_after``, ``redirect_to`` +
 ``redirect_times``, ``require_auth``, ``cut_after``/``cut_times``, ``stall_after``/
-``stall_seconds``/``stall_times``, ``ignore_range``, ``flip_byte``) applied in the same order;
+``stall_seconds``/``stall_times``, ``ignore_range``, ``ignore_if_range``, ``flip_byte``)
+applied in the same order;
 the body knobs only act on responses carrying file bytes (a small file's resolve GET, a CDN GET).
 
 huggingface_hub reads ``HF_ENDPOINT`` (and ``HF_HOME``, ``HF_HUB_CACHE``, ``HF_HUB_DISABLE_XET``,
@@ -79,32 +80,23 @@ import collections
 import concurrent.futures
 import dataclasses
 import datetime
-import email.utils
 import fnmatch
 import gzip
 import hashlib
 import json
 import logging
 import pathlib
-import signal
 import sys
-import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, BinaryIO, Literal
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 import pytest
 from aiohttp import web
 
-from tests.servers.fileserver import (
-    ALWAYS,
-    Faults,
-    RequestRecord,
-    _parse_range,
-    _Unsatisfiable,
-)
-from tests.servers.threaded import ThreadedServer
+from tests.servers.body import ALWAYS, Blob, BodyServer, Faults, RequestRecord, http_date
+from tests.servers.threaded import exit_on_sigterm
 
 __all__ = [
     "ALWAYS",
@@ -135,11 +127,7 @@ DEFAULT_LFS_PATTERNS: tuple[str, ...] = (
     "*.arrow",
 )
 
-DATA_CHUNK = 1024 * 1024
-FILE_CHUNK = 4 * 1024 * 1024
-SENDFILE_SEGMENT = 64 * 1024 * 1024
 HASH_CHUNK = 8 * 1024 * 1024
-_FLUSH_TIMEOUT = 5.0
 _EPOCH = 1_704_067_200  # 2024-01-01T00:00:00Z: commit dates are _EPOCH + a counter
 _AUTHOR = "HF Test <test@hf.invalid>"
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
@@ -255,19 +243,7 @@ def _simple(fn: Callable[[HubRequestRecord], web.StreamResponse]) -> _Runner:
     return run
 
 
-class _ContentSource:
-    """Where the bytes of a response body come from."""
-
-    def __init__(self, *, data: bytes | None = None, file: pathlib.Path | None = None) -> None:
-        self.data = data
-        self.file = file
-
-
 # ---------------------------------------------------------------------- git helpers
-
-
-def _http_date(ts: float) -> str:
-    return email.utils.formatdate(ts, usegmt=True)
 
 
 def _iso(ts: float) -> str:
@@ -367,7 +343,7 @@ def _truthy(value: str | None) -> bool:
 # ---------------------------------------------------------------------- the server
 
 
-class HfHubServer(ThreadedServer):
+class HfHubServer(BodyServer):
     """Threaded aiohttp HF-Hub-compatible server with fault knobs. See the module docstring."""
 
     def __init__(
@@ -411,28 +387,17 @@ class HfHubServer(ThreadedServer):
         #: The CDN answers 400 to requests carrying Authorization (as S3 signed URLs do).
         self.cdn_reject_auth = cdn_reject_auth
         self.requests: list[HubRequestRecord] = []
-        self._lock = threading.RLock()
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._lfs: dict[str, HubFile] = {}
         self._hash_cache: dict[tuple[str, int, int], tuple[str, str | None]] = {}
         self._faults: list[tuple[str, HubFaults]] = []
-        self._bytes: dict[str, int] = collections.defaultdict(int)
         self._clock = 0
 
     # ------------------------------------------------------------------ lifecycle
 
     async def _setup(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        cdn_site = web.TCPSite(runner, self.host, self.cdn_port)
-        await cdn_site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-        self.cdn_port = runner.addresses[1][1]
+        ports = await self._serve_app(self._handle, self.host, self.port, self.cdn_port)
+        self.port, self.cdn_port = ports
         self.url = f"http://{self.host}:{self.port}"
         self.cdn_url = f"http://{self.host}:{self.cdn_port}"
 
@@ -660,7 +625,7 @@ class HfHubServer(ThreadedServer):
             getattr(repo, kind)[name] = commit.sha
 
     def _store_files(self, files: Mapping[str, bytes | pathlib.Path]) -> dict[str, HubFile]:
-        now = _http_date(time.time())
+        now = http_date(time.time())
         result: dict[str, HubFile] = {}
         disk: dict[str, pathlib.Path] = {}
         for path, value in files.items():
@@ -830,27 +795,13 @@ class HfHubServer(ThreadedServer):
     def _early_faults(
         self, request: web.Request, record: HubRequestRecord, faults: HubFaults | None
     ) -> web.StreamResponse | None:
-        if faults is None:
+        injected = self._early_fault(request, faults)
+        if injected is None:
             return None
-        if faults.require_auth is not None and request.headers.get("Authorization") != (
-            faults.require_auth
-        ):
-            return self._json(record, 401, {"error": "injected 401"})
-        with self._lock:
-            status = faults._statuses.popleft() if faults._statuses else None
-        if status is not None and status != 200:
-            headers = {}
-            if faults.retry_after is not None:
-                headers["Retry-After"] = faults.retry_after
-            return self._json(record, status, {"error": f"injected {status}"}, headers=headers)
-        if faults.redirect_to is not None:
-            with self._lock:
-                take = faults.redirect_times > 0
-                if take:
-                    faults.redirect_times -= 1
-            if take:
-                return self._plain(record, 302, "", headers={"Location": faults.redirect_to})
-        return None
+        status, headers = injected
+        if "Location" in headers:  # redirect_to
+            return self._plain(record, status, "", headers=headers)
+        return self._json(record, status, {"error": f"injected {status}"}, headers=headers)
 
     def _route(self, request: web.Request, raw: str) -> _Route:
         segs = [urllib.parse.unquote(s) for s in raw.split("/")[1:]]
@@ -863,7 +814,7 @@ class HfHubServer(ThreadedServer):
         if segs[:2] == ["api", "whoami-v2"]:
             return _Route("api", [path], simple(lambda rec: self._whoami(request, rec)))
         if segs[:2] == ["api", "resolve-cache"] and len(segs) >= 6 and segs[2] in _PLURAL_TYPE:
-            return self._route_resolve_cache(request, segs[2:], path)
+            return self._route_resolve_cache(segs[2:], path)
         if len(segs) >= 3 and segs[0] == "api" and segs[1] in _PLURAL_TYPE:
             return self._route_api(request, _PLURAL_TYPE[segs[1]], segs[2:], path)
         if len(segs) >= 3 and segs[0] == "cdn" and segs[1] == "lfs":
@@ -876,7 +827,7 @@ class HfHubServer(ThreadedServer):
                 rest = rest[1:]
             for n in (2, 1):
                 if len(rest) > n + 1 and rest[n] == "resolve" and method in ("GET", "HEAD"):
-                    return self._route_resolve(request, repo_type, rest[:n], rest[n + 1 :], path)
+                    return self._route_resolve(repo_type, rest[:n], rest[n + 1 :], path)
         return _Route(
             "other",
             [path],
@@ -979,10 +930,11 @@ class HfHubServer(ThreadedServer):
         return "datasets/" if repo.repo_type == "dataset" else ""
 
     def _revision_or_error(
-        self, record: HubRequestRecord, repo: _Repo, revision: str
+        self, record: HubRequestRecord, repo: _Repo, revision: str, *, exact: bool = False
     ) -> tuple[_Commit | None, web.StreamResponse | None]:
+        """``exact``: ``revision`` must be a full commit sha (no branch, tag, abbreviation)."""
         with self._lock:
-            commit = self._resolve_revision(repo, revision)
+            commit = repo.commits.get(revision) if exact else self._resolve_revision(repo, revision)
         if commit is None:
             return None, self._error(record, 404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return commit, None
@@ -1241,17 +1193,30 @@ class HfHubServer(ThreadedServer):
         return f"{prefix}{repo_id}\0{path}"
 
     def _route_resolve(
-        self,
-        request: web.Request,
-        repo_type: str,
-        repo_segs: list[str],
-        rest: list[str],
-        path: str,
+        self, repo_type: str, repo_segs: list[str], rest: list[str], path: str
     ) -> _Route:
-        repo_id = "/".join(repo_segs)
         revision, file_parts = self._split_revision(rest)
-        file_path = "/".join(file_parts)
+        repo_id, file_path = "/".join(repo_segs), "/".join(file_parts)
+        return self._route_file("resolve", repo_type, repo_id, revision, file_path, path)
+
+    def _route_resolve_cache(self, segs: list[str], path: str) -> _Route:
+        repo_type = _PLURAL_TYPE[segs[0]]
+        rest = segs[1:]
+        # rest = org/name/<sha>/path... or name/<sha>/path...
+        split = 2 if len(rest) >= 4 and len(rest[2]) == 40 else 1
+        repo_id = "/".join(rest[:split])
+        sha = rest[split] if len(rest) > split else ""
+        file_path = "/".join(rest[split + 1 :])
+        return self._route_file("resolve-cache", repo_type, repo_id, sha, file_path, path)
+
+    def _route_file(
+        self, kind: str, repo_type: str, repo_id: str, revision: str, file_path: str, path: str
+    ) -> _Route:
+        """A small file's bytes, or (``resolve`` only) a redirect: LFS to the CDN, and small
+        files to ``resolve-cache`` if ``small_file_redirect``. ``resolve-cache`` takes only a
+        full commit sha and no LFS file."""
         key = self._file_key(repo_type, repo_id, file_path)
+        cache = kind == "resolve-cache"
 
         async def run(
             req: web.Request, rec: HubRequestRecord, faults: HubFaults | None
@@ -1260,12 +1225,12 @@ class HfHubServer(ThreadedServer):
             if denied is not None:
                 return denied
             assert repo is not None
-            commit, error = self._revision_or_error(rec, repo, revision)
+            commit, error = self._revision_or_error(rec, repo, revision, exact=cache)
             if error is not None:
                 return error
             assert commit is not None
             info = commit.files.get(file_path)
-            if info is None:
+            if info is None or (cache and info.lfs):
                 return self._error(
                     rec,
                     404,
@@ -1274,9 +1239,9 @@ class HfHubServer(ThreadedServer):
                     headers={"X-Repo-Commit": commit.sha},
                 )
             common = {"X-Repo-Commit": commit.sha, "Accept-Ranges": "bytes"}
-            if info.lfs:
+            if not cache and info.lfs:
                 return self._lfs_redirect(rec, repo, commit, file_path, info, common)
-            if self.small_file_redirect:
+            if not cache and self.small_file_redirect:
                 location = (
                     f"/api/resolve-cache/{_TYPE_PLURAL[repo_type]}/{repo_id}/{commit.sha}/"
                     + urllib.parse.quote(file_path)
@@ -1287,8 +1252,8 @@ class HfHubServer(ThreadedServer):
                 )
             return await self._serve_file(req, rec, info, common, faults, key, allow_gzip=True)
 
-        names = [path, file_path, key.replace("\0", "/")]
-        return _Route("resolve", names, run, key.replace("\0", "/"), file_path)
+        file_key = key.replace("\0", "/")
+        return _Route(kind, [path, file_path, file_key], run, file_key, file_path)
 
     def _lfs_redirect(
         self,
@@ -1319,38 +1284,6 @@ class HfHubServer(ThreadedServer):
             "ETag": f'W/"{len(body):x}-{weak}"',
         }
         return self._plain(record, 302, body, headers)
-
-    def _route_resolve_cache(self, request: web.Request, segs: list[str], path: str) -> _Route:
-        repo_type = _PLURAL_TYPE[segs[0]]
-        rest = segs[1:]
-        # rest = org/name/<sha>/path... or name/<sha>/path...
-        split = 2 if len(rest) >= 4 and len(rest[2]) == 40 else 1
-        repo_id = "/".join(rest[:split])
-        sha = rest[split] if len(rest) > split else ""
-        file_path = "/".join(rest[split + 1 :])
-        key = self._file_key(repo_type, repo_id, file_path)
-
-        async def run(
-            req: web.Request, rec: HubRequestRecord, faults: HubFaults | None
-        ) -> web.StreamResponse:
-            repo, denied = self._access(req, rec, repo_type, repo_id, download=True)
-            if denied is not None:
-                return denied
-            assert repo is not None
-            with self._lock:
-                commit = repo.commits.get(sha)
-            if commit is None:
-                return self._error(rec, 404, "RevisionNotFound", f"Invalid rev id: {sha}")
-            info = commit.files.get(file_path)
-            if info is None or info.lfs:
-                return self._error(
-                    rec, 404, "EntryNotFound", "Entry not found", headers={"X-Repo-Commit": sha}
-                )
-            common = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
-            return await self._serve_file(req, rec, info, common, faults, key, allow_gzip=True)
-
-        names = [path, file_path, key.replace("\0", "/")]
-        return _Route("resolve-cache", names, run, key.replace("\0", "/"), file_path)
 
     def _route_cdn(self, request: web.Request, sha256: str, path: str) -> _Route:
         query = request.query
@@ -1450,16 +1383,12 @@ class HfHubServer(ThreadedServer):
         if request.method not in ("GET", "HEAD"):
             return self._plain(record, 405, "Method Not Allowed", {"Allow": "GET, HEAD"})
         size = info.size
-        etag = f'"{info.etag}"'
         headers = {
             **extra_headers,
-            "ETag": etag,
+            "ETag": f'"{info.etag}"',
             "Last-Modified": info.last_modified,
             "Content-Type": "application/octet-stream",
         }
-        flip = faults.flip_byte if faults is not None else None
-        source = _ContentSource(data=info.data, file=info.file)
-
         if (
             allow_gzip
             and self.gzip_small_files
@@ -1467,7 +1396,8 @@ class HfHubServer(ThreadedServer):
             and "Range" not in request.headers
             and "gzip" in request.headers.get("Accept-Encoding", "").lower()
         ):
-            data = await self._read_all(source, size)
+            data = await self._read_all(info)
+            flip = faults.flip_byte if faults is not None else None
             if flip is not None and 0 <= flip < size:
                 buf = bytearray(data)
                 buf[flip] ^= 0xFF
@@ -1478,189 +1408,29 @@ class HfHubServer(ThreadedServer):
             resp.enable_chunked_encoding()
             record.status = 200
             await resp.prepare(request)
+            blob = Blob(compressed)
             return await self._stream_body(
-                request,
-                resp,
-                record,
-                _ContentSource(data=compressed),
-                0,
-                len(compressed),
-                faults,
-                None,
-                key,
+                request, resp, record, blob, key, 0, len(compressed), faults, None
             )
 
-        start, end, status = 0, size, 200
-        range_header = request.headers.get("Range")
-        if range_header is not None and not (faults is not None and faults.ignore_range):
-            if_range = request.headers.get("If-Range")
-            if if_range is None or if_range.strip() in (etag, info.last_modified):
-                parsed = _parse_range(range_header, size)
-                if isinstance(parsed, _Unsatisfiable):
-                    headers["Content-Range"] = f"bytes */{size}"
-                    return self._plain(record, 416, "Range Not Satisfiable", headers)
-                if parsed is not None:
-                    start, end = parsed
-                    status = 206
-                    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-
-        resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = end - start
-        record.status = status
-        await resp.prepare(request)
-        if request.method == "HEAD":
-            await resp.write_eof()
-            return resp
-        return await self._stream_body(request, resp, record, source, start, end, faults, flip, key)
+        return await self._serve_body(
+            request,
+            record,
+            info,
+            key,
+            size=size,
+            headers=headers,
+            faults=faults,
+            unsatisfiable_text="Range Not Satisfiable",
+            sendfile=True,
+        )
 
     @staticmethod
-    async def _read_all(source: _ContentSource, size: int) -> bytes:
-        if source.data is not None:
-            return source.data
-        assert source.file is not None
-        return await asyncio.get_running_loop().run_in_executor(None, source.file.read_bytes)
-
-    async def _stream_body(
-        self,
-        request: web.Request,
-        resp: web.StreamResponse,
-        record: HubRequestRecord,
-        source: _ContentSource,
-        start: int,
-        end: int,
-        faults: HubFaults | None,
-        flip: int | None,
-        key: str,
-    ) -> web.StreamResponse:
-        length = end - start
-        stall_at: int | None = None
-        cut_at: int | None = None
-        stall_seconds = 0.0
-        if faults is not None:
-            if (
-                faults.stall_after is not None
-                and faults.stall_after < length
-                and self._take(faults, "stall_times")
-            ):
-                stall_at = max(0, faults.stall_after)
-                stall_seconds = faults.stall_seconds
-            if (
-                faults.cut_after is not None
-                and faults.cut_after < length
-                and self._take(faults, "cut_times")
-            ):
-                cut_at = max(0, faults.cut_after)
-
-        def count(n: int) -> None:
-            with self._lock:
-                self._bytes[key] += n
-                record.bytes_sent += n
-
-        if (
-            source.file is not None
-            and stall_at is None
-            and cut_at is None
-            and flip is None
-            and length > 0
-        ):
-            await self._sendfile(request, source.file, start, length, count)
-            await resp.write_eof()
-            return resp
-
-        await resp.write(b"")  # push the (buffered) headers out now
-        pos = 0
-
-        async def checkpoint() -> bool:
-            nonlocal stall_at
-            if stall_at is not None and pos == stall_at:
-                stall_at = None
-                await self._flush(request)
-                await asyncio.sleep(stall_seconds)
-            if cut_at is not None and pos == cut_at:
-                await self._flush(request)
-                transport = request.transport
-                if transport is not None:
-                    transport.abort()
-                return True
-            return False
-
-        if await checkpoint():
-            return resp
-        async for chunk in _iter_body(source, start, end, flip):
-            view = memoryview(chunk)
-            while view:
-                limit = len(view)
-                for mark in (stall_at, cut_at):
-                    if mark is not None and mark > pos:
-                        limit = min(limit, mark - pos)
-                piece, view = view[:limit], view[limit:]
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("client went away")
-                count(len(piece))
-                await resp.write(piece)
-                pos += len(piece)
-                if await checkpoint():
-                    return resp
-        await resp.write_eof()
-        return resp
-
-    @staticmethod
-    async def _sendfile(
-        request: web.Request,
-        file: pathlib.Path,
-        offset: int,
-        count: int,
-        counted: Callable[[int], None],
-    ) -> None:
-        """Zero-copy body (os.sendfile) in segments; headers were sent by prepare()."""
-        loop = asyncio.get_running_loop()
-        fh: BinaryIO = await loop.run_in_executor(None, file.open, "rb")
-        try:
-            pos, left = offset, count
-            while left > 0:
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("client went away")
-                n = min(SENDFILE_SEGMENT, left)
-                try:
-                    sent = await loop.sendfile(transport, fh, pos, n)
-                except NotImplementedError:  # pragma: no cover - e.g. SSL transports
-                    fh.seek(pos)
-                    sent = 0
-                    while sent < n:
-                        chunk = await loop.run_in_executor(None, fh.read, min(FILE_CHUNK, n - sent))
-                        if not chunk:
-                            break
-                        transport.write(chunk)
-                        sent += len(chunk)
-                if sent <= 0:
-                    raise ConnectionAbortedError(f"{file} shrank while serving it")
-                counted(sent)
-                pos += sent
-                left -= sent
-        finally:
-            fh.close()
-
-    def _take(self, faults: HubFaults, kind: str) -> bool:
-        with self._lock:
-            left = getattr(faults, kind)
-            if left <= 0:
-                return False
-            setattr(faults, kind, left - 1)
-            return True
-
-    @staticmethod
-    async def _flush(request: web.Request) -> None:
-        transport = request.transport
-        deadline = time.monotonic() + _FLUSH_TIMEOUT
-        while (
-            transport is not None
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() > 0
-            and time.monotonic() < deadline
-        ):
-            await asyncio.sleep(0.001)
+    async def _read_all(info: HubFile) -> bytes:
+        if info.data is not None:
+            return info.data
+        assert info.file is not None
+        return await asyncio.get_running_loop().run_in_executor(None, info.file.read_bytes)
 
 
 def _content_disposition(path: str) -> str:
@@ -1670,48 +1440,14 @@ def _content_disposition(path: str) -> str:
     return f"attachment; filename*=UTF-8''{quoted}; filename=\"{ascii_name}\";"
 
 
-async def _iter_body(
-    source: _ContentSource, start: int, end: int, flip: int | None
-) -> AsyncIterator[bytes | memoryview]:
-    def flipped(chunk: bytes | memoryview, offset: int) -> bytes | memoryview:
-        if flip is None or not offset <= flip < offset + len(chunk):
-            return chunk
-        buf = bytearray(chunk)
-        buf[flip - offset] ^= 0xFF
-        return bytes(buf)
-
-    if source.data is not None:
-        data = memoryview(source.data)
-        for offset in range(start, end, DATA_CHUNK):
-            yield flipped(data[offset : min(end, offset + DATA_CHUNK)], offset)
-        return
-    assert source.file is not None
-    loop = asyncio.get_running_loop()
-    fh: BinaryIO = await loop.run_in_executor(None, source.file.open, "rb")
-    try:
-        fh.seek(start)
-        offset = start
-        while offset < end:
-            chunk = await loop.run_in_executor(None, fh.read, min(FILE_CHUNK, end - offset))
-            if not chunk:
-                raise ConnectionAbortedError(f"{source.file} shrank while serving it")
-            yield flipped(chunk, offset)
-            offset += len(chunk)
-    finally:
-        fh.close()
-
-
 # ---------------------------------------------------------------------- pytest fixtures
 
 
 @pytest.fixture
 def hfhub() -> Iterator[HfHubServer]:
     """A started HfHubServer (token "hf_test_token"), stopped after the test."""
-    server = HfHubServer().start()
-    try:
+    with HfHubServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -1815,10 +1551,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.repo_dir.is_dir():
         parser.error(f"not a directory: {args.repo_dir}")
 
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, on_term)
+    exit_on_sigterm()
     server = HfHubServer(
         host=args.host,
         port=args.port,
@@ -1835,15 +1568,7 @@ def main(argv: list[str] | None = None) -> int:
         repo_type=args.repo_type,
         message="Upload from --repo-dir",
     )
-    server.start()
-    try:
-        sys.stdout.write(f"READY {server.url}\nCOMMIT {sha}\n")
-        sys.stdout.flush()
-        threading.Event().wait()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.stop()
+    server.serve_until_killed(lambda: f"READY {server.url}\nCOMMIT {sha}\n")
     return 0
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Self
 
 from aiohttp import web
 
 
 class ThreadedServer:
-    """Subclasses implement `_setup()` (create `self._runner` and bind); start/stop here."""
+    """Subclasses implement `_setup()` (bind, e.g. with `_serve_app()`); start/stop here."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -20,6 +23,22 @@ class ThreadedServer:
 
     async def _setup(self) -> None:
         raise NotImplementedError
+
+    async def _serve_app(
+        self,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        host: str,
+        *ports: int,
+    ) -> list[int]:
+        """Serve every request with ``handler`` on each of ``ports``; the ports bound."""
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
+        await runner.setup()
+        for port in ports:
+            await web.TCPSite(runner, host, port).start()
+        self._runner = runner
+        return [address[1] for address in runner.addresses]
 
     def start(self) -> Self:
         if self._thread is not None:
@@ -70,6 +89,18 @@ class ThreadedServer:
         self._loop = None
         self._runner = None
 
+    def serve_until_killed(self, announce: Callable[[], str]) -> None:
+        """Standalone mode: start, print ``announce()``, serve until SIGTERM or Ctrl-C."""
+        self.start()
+        try:
+            sys.stdout.write(announce())
+            sys.stdout.flush()
+            threading.Event().wait()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.stop()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -84,3 +115,12 @@ class ThreadedServer:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit(0) (``serve_until_killed`` then stops the server)."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
