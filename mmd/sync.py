@@ -8,13 +8,8 @@ is still on disk and whole) until the new one is switched in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import shutil
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +20,9 @@ from mmd.hookspecs import Source, SourceContext
 from mmd.partfile import PartFile
 from mmd.plan import Action, ActionKind
 from mmd.plugins import Plugins
-from mmd.registry import Registry, atomic_write, utc_now
-from mmd.storage import Storage, ensure_dirs, hash_file_and_blob
+from mmd.registry import Registry, utc_now
+from mmd.stage import SourceSink, load_done, mark_done, reusable_files, reuse_verified
+from mmd.storage import Storage, ensure_dirs
 from mmd.types import (
     FileEntry,
     ModelEntry,
@@ -223,8 +219,8 @@ class Syncer:
         )
         files_dir = stage / "files"
         await asyncio.to_thread(ensure_dirs, stage, "files")
-        done = _load_done(stage)
-        reusable = _reusable(previous, self.storage) if previous else {}
+        done = load_done(stage)
+        reusable = reusable_files(previous, self.storage) if previous else {}
         current = self.storage.model_dir(spec.source, spec.model_id)
         await asyncio.to_thread(self._check_space, release.files, done, reusable, files_dir)
         try:
@@ -316,9 +312,9 @@ class Syncer:
         known = file.sha256 or done.get(file.path, {}).get("sha256")
         if known or (file.git_sha1 and file.size is not None):
             candidates = [reusable.get(known) if known else None, current / file.path]
-            digest = await asyncio.to_thread(_reuse, candidates, known, file, final)
+            digest = await asyncio.to_thread(reuse_verified, candidates, known, file, final)
             if digest is not None:
-                _mark_done(stage, done, file.path, final.stat().st_size, digest)
+                mark_done(stage, done, file.path, final.stat().st_size, digest)
                 return
         async with self.slots:
             part = PartFile(final, file.path)
@@ -349,14 +345,14 @@ class Syncer:
                 )
             finally:
                 await asyncio.to_thread(part.close)
-            _mark_done(stage, done, file.path, part.offset, digest)
+            mark_done(stage, done, file.path, part.offset, digest)
             self.events.file_finished(mid, file.path)
 
     async def _fetch_with_source(
         self, action: Action, source: Source, file: RemoteFile, part: PartFile
     ) -> None:
         assert action.spec is not None and source.fetch is not None
-        sink = _SourceSink(part, asyncio.get_running_loop(), self.events, action.model_id, file)
+        sink = SourceSink(part, asyncio.get_running_loop(), self.events, action.model_id, file)
         task = asyncio.ensure_future(
             asyncio.to_thread(source.fetch, action.spec, file, sink, self.ctx)
         )
@@ -394,78 +390,12 @@ class Syncer:
         return f"removed ({action.reason})"
 
 
-class _SourceSink:
-    """The sink a source's own fetch writes to: the PartFile, plus progress and a stop."""
-
-    def __init__(
-        self,
-        part: PartFile,
-        loop: asyncio.AbstractEventLoop,
-        events: SyncEvents,
-        model_id: str,
-        file: RemoteFile,
-    ) -> None:
-        self.part, self.loop, self.events = part, loop, events
-        self.model_id, self.file = model_id, file
-        self.stopped = threading.Event()
-        self.started, self.start_offset = time.monotonic(), part.offset
-
-    @property
-    def offset(self) -> int:
-        return self.part.offset
-
-    def write(self, data: bytes) -> None:
-        if self.stopped.is_set():
-            raise DownloadError(f"{self.file.path}: interrupted")
-        self.part.write(data)
-        done = self.part.offset
-        rate = (done - self.start_offset) / max(time.monotonic() - self.started, 1e-6)
-        self.loop.call_soon_threadsafe(
-            self.events.file_progress, self.model_id, self.file.path, done, self.file.size, rate
-        )
-
-    def reset(self) -> None:
-        self.part.reset()
-
-
 def _first_error(errors: list[BaseException]) -> BaseException:
     # A checksum failure says more than the cancellations it may have caused.
     for exc in errors:
         if isinstance(exc, MmdError):
             return exc
     return errors[0]
-
-
-def _reusable(entry: ModelEntry, storage: Storage) -> dict[str, Path]:
-    """Files of the current version by sha256, for reuse when a new version keeps them."""
-    folder = storage.model_dir(entry.source, entry.model_id)
-    found: dict[str, Path] = {}
-    for f in entry.files:
-        path = folder / f.path
-        if f.sha256 and path.is_file() and not path.is_symlink() and path.stat().st_size == f.size:
-            found[f.sha256] = path
-    return found
-
-
-def _reuse(
-    candidates: list[Path | None], sha256: str | None, file: RemoteFile, dst: Path
-) -> str | None:
-    """Link the first candidate whose bytes match the expected digest into place.
-
-    Hashed every time: a file on disk may have been changed by hand since it was
-    registered, and a corrupt copy must never be carried into a new version. Returns
-    the candidate's sha256, or None when none matched.
-    """
-    for path in candidates:
-        if path is None or path.is_symlink() or not path.is_file():
-            continue
-        if file.size is not None and path.stat().st_size != file.size:
-            continue
-        digest, blob = hash_file_and_blob(path)
-        if (sha256 is not None and digest == sha256) or (sha256 is None and blob == file.git_sha1):
-            _link_or_copy(path, dst)
-            return digest
-    return None
 
 
 def _model_type(declared: ModelType | None, suggested: str | None) -> str:
@@ -475,31 +405,3 @@ def _model_type(declared: ModelType | None, suggested: str | None) -> str:
     if suggested in {t.value for t in ModelType}:
         return str(suggested)
     return str(ModelType.OTHER)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        dst.unlink()
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except OSError:
-        shutil.copyfile(src, dst, follow_symlinks=False)
-
-
-DONE_FILE = "done.json"
-
-
-def _load_done(stage: Path) -> dict[str, dict[str, Any]]:
-    try:
-        data = json.loads((stage / DONE_FILE).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _mark_done(
-    stage: Path, done: dict[str, dict[str, Any]], path: str, size: int, sha256: str
-) -> None:
-    """Record a verified file of the stage, so a restart does not fetch it again."""
-    done[path] = {"size": size, "sha256": sha256}
-    atomic_write(stage / DONE_FILE, json.dumps(done).encode())

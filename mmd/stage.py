@@ -1,0 +1,121 @@
+"""A model version being built under cache/staging: what is done, what can be reused.
+
+`done.json` in a stage records each verified file, so a restarted pass does not fetch
+it again. Files already on disk (the current version, or a promoted stage whose
+registry save was interrupted) are reused only after they hash to the expected digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmd.errors import DownloadError
+from mmd.partfile import PartFile
+from mmd.registry import atomic_write
+from mmd.storage import Storage, hash_file_and_blob
+from mmd.types import ModelEntry, RemoteFile
+
+if TYPE_CHECKING:
+    from mmd.sync import SyncEvents
+
+
+def reusable_files(entry: ModelEntry, storage: Storage) -> dict[str, Path]:
+    """Files of the current version by sha256, for reuse when a new version keeps them."""
+    folder = storage.model_dir(entry.source, entry.model_id)
+    found: dict[str, Path] = {}
+    for f in entry.files:
+        path = folder / f.path
+        if f.sha256 and path.is_file() and not path.is_symlink() and path.stat().st_size == f.size:
+            found[f.sha256] = path
+    return found
+
+
+def reuse_verified(
+    candidates: list[Path | None], sha256: str | None, file: RemoteFile, dst: Path
+) -> str | None:
+    """Link the first candidate whose bytes match the expected digest into place.
+
+    Hashed every time: a file on disk may have been changed by hand since it was
+    registered, and a corrupt copy must never be carried into a new version. Returns
+    the candidate's sha256, or None when none matched.
+    """
+    for path in candidates:
+        if path is None or path.is_symlink() or not path.is_file():
+            continue
+        if file.size is not None and path.stat().st_size != file.size:
+            continue
+        digest, blob = hash_file_and_blob(path)
+        if (sha256 is not None and digest == sha256) or (sha256 is None and blob == file.git_sha1):
+            _link_or_copy(path, dst)
+            return digest
+    return None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        dst.unlink()
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copyfile(src, dst, follow_symlinks=False)
+
+
+DONE_FILE = "done.json"
+
+
+def load_done(stage: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads((stage / DONE_FILE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def mark_done(
+    stage: Path, done: dict[str, dict[str, Any]], path: str, size: int, sha256: str
+) -> None:
+    """Record a verified file of the stage, so a restart does not fetch it again."""
+    done[path] = {"size": size, "sha256": sha256}
+    atomic_write(stage / DONE_FILE, json.dumps(done).encode())
+
+
+class SourceSink:
+    """The sink a source's own fetch writes to: the PartFile, plus progress and a stop."""
+
+    def __init__(
+        self,
+        part: PartFile,
+        loop: asyncio.AbstractEventLoop,
+        events: SyncEvents,
+        model_id: str,
+        file: RemoteFile,
+    ) -> None:
+        self.part, self.loop, self.events = part, loop, events
+        self.model_id, self.file = model_id, file
+        self.stopped = threading.Event()
+        self.started, self.start_offset = time.monotonic(), part.offset
+
+    @property
+    def offset(self) -> int:
+        return self.part.offset
+
+    def write(self, data: bytes) -> None:
+        if self.stopped.is_set():
+            raise DownloadError(f"{self.file.path}: interrupted")
+        self.part.write(data)
+        done = self.part.offset
+        rate = (done - self.start_offset) / max(time.monotonic() - self.started, 1e-6)
+        self.loop.call_soon_threadsafe(
+            self.events.file_progress, self.model_id, self.file.path, done, self.file.size, rate
+        )
+
+    def reset(self) -> None:
+        self.part.reset()
