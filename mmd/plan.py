@@ -131,13 +131,18 @@ async def _resolve(spec: ModelSpec, plugins: Plugins, ctx: SourceContext) -> Rel
     return release
 
 
-def _whole(entry: ModelEntry | None, spec: ModelSpec, storage: Storage) -> bool:
-    """The registry holds this spec's model, available, as the manifest asks, unchanged."""
+def _whole(
+    entry: ModelEntry | None, spec: ModelSpec, storage: Storage, *, errors_ok: bool = False
+) -> bool:
+    """The registry holds this spec's model, available, as the manifest asks, unchanged.
+
+    `errors_ok`: an earlier failed check (hub down) does not make the copy less whole.
+    """
     return (
         entry is not None
         and entry.status is ModelStatus.AVAILABLE
         and entry.source == spec.source
-        and not entry.error
+        and (errors_ok or not entry.error)
         and entry.spec_digest == spec_digest(spec)
         and _disk_drift(entry, storage) is None
     )
@@ -179,7 +184,7 @@ async def plan(
         try:
             release = await _resolve(spec, plugins, ctx)
         except OfflineError as exc:
-            if _whole(entry, spec, storage):
+            if _whole(entry, spec, storage, errors_ok=True):
                 assert entry is not None
                 reason = f"offline, keeping {entry.version} ({exc.message})"
                 return Action(ActionKind.NOTHING, spec.model_id, spec.source, reason, spec)

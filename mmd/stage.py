@@ -38,20 +38,53 @@ def reusable_files(entry: ModelEntry, storage: Storage) -> dict[str, Path]:
     return found
 
 
+def finished_in(stages: list[Path]) -> dict[str, Path]:
+    """Verified files of other stages (say, a branch that moved mid-download), by sha256."""
+    found: dict[str, Path] = {}
+    for stage in stages:
+        for rel, record in load_done(stage).items():
+            path = stage / "files" / rel
+            if record.get("sha256") and path.is_file() and not path.is_symlink():
+                found[record["sha256"]] = path
+    return found
+
+
+def keep_only(files_dir: Path, wanted: set[str]) -> None:
+    """Drop from a stage what this version does not list (an earlier selection's files,
+    stray .part files), so the folder switched in holds exactly the registry's files."""
+    for current, dirs, names in os.walk(files_dir, topdown=False):
+        for name in names:
+            path = Path(current) / name
+            if path.relative_to(files_dir).as_posix() not in wanted:
+                path.unlink()
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                (Path(current) / name).rmdir()
+
+
 def reuse_verified(
-    candidates: list[Path | None], sha256: str | None, file: RemoteFile, dst: Path
+    candidates: list[Path | None],
+    sha256: str | None,
+    file: RemoteFile,
+    dst: Path,
+    *,
+    trust: bool = False,
 ) -> str | None:
     """Link the first candidate whose bytes match the expected digest into place.
 
     Hashed every time: a file on disk may have been changed by hand since it was
-    registered, and a corrupt copy must never be carried into a new version. Returns
-    the candidate's sha256, or None when none matched.
+    registered, and a corrupt copy must never be carried into a new version. With
+    `trust` (verify_checksums: false) a candidate of the right size is taken as it is
+    when its sha256 is already known. Returns the sha256, or None when none matched.
     """
     for path in candidates:
         if path is None or path.is_symlink() or not path.is_file():
             continue
         if file.size is not None and path.stat().st_size != file.size:
             continue
+        if trust and sha256 is not None:
+            _link_or_copy(path, dst)
+            return sha256
         digest, blob = hash_file_and_blob(path)
         if (sha256 is not None and digest == sha256) or (sha256 is None and blob == file.git_sha1):
             _link_or_copy(path, dst)

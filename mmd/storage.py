@@ -114,15 +114,15 @@ class Storage:
         return self.staging_root / source / model_id / key
 
     def new_stage(self, source: str, model_id: str, version: str) -> Path:
-        """The staging folder for this version; other versions' leftovers are dropped."""
+        """The staging folder for this version (created if needed)."""
         stage = self.staging_dir(source, model_id, version)
-        parent = stage.parent
-        if parent.is_dir():
-            for other in parent.iterdir():
-                if other != stage:
-                    self.discard(other)
         ensure_dirs(self.root, str(stage.relative_to(self.root)))
         return stage
+
+    def sibling_stages(self, stage: Path) -> list[Path]:
+        """Stages of the model's other versions: kept, for their finished files, until
+        a version is switched in."""
+        return sorted(p for p in stage.parent.iterdir() if p != stage and p.is_dir())
 
     def discard(self, path: Path) -> None:
         """Remove a folder we own: renamed into trash first, so it vanishes at once."""

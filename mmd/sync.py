@@ -21,7 +21,15 @@ from mmd.partfile import PartFile
 from mmd.plan import Action, ActionKind
 from mmd.plugins import Plugins
 from mmd.registry import Registry, utc_now
-from mmd.stage import SourceSink, load_done, mark_done, reusable_files, reuse_verified
+from mmd.stage import (
+    SourceSink,
+    finished_in,
+    keep_only,
+    load_done,
+    mark_done,
+    reusable_files,
+    reuse_verified,
+)
 from mmd.storage import Storage, ensure_dirs
 from mmd.types import (
     FileEntry,
@@ -220,7 +228,10 @@ class Syncer:
         files_dir = stage / "files"
         await asyncio.to_thread(ensure_dirs, stage, "files")
         done = load_done(stage)
-        reusable = reusable_files(previous, self.storage) if previous else {}
+        siblings = await asyncio.to_thread(self.storage.sibling_stages, stage)
+        reusable = await asyncio.to_thread(finished_in, siblings)
+        if previous:
+            reusable.update(reusable_files(previous, self.storage))
         current = self.storage.model_dir(spec.source, spec.model_id)
         await asyncio.to_thread(self._check_space, release.files, done, reusable, files_dir)
         try:
@@ -244,6 +255,7 @@ class Syncer:
         files = [
             FileEntry(f.path, done[f.path]["size"], done[f.path]["sha256"]) for f in release.files
         ]
+        await asyncio.to_thread(keep_only, files_dir, {f.path for f in release.files})
         target = await asyncio.to_thread(
             self.storage.promote, files_dir, spec.source, spec.model_id
         )
@@ -266,7 +278,8 @@ class Syncer:
         self.registry.put(entry)
         self.registry.save()
         self.events.status(entry)
-        await asyncio.to_thread(self._drop_stage, stage)
+        for old in [*siblings, stage]:
+            await asyncio.to_thread(self._drop_stage, old)
         if previous is not None and previous.source != spec.source:
             await asyncio.to_thread(self.storage.remove_model, previous.source, spec.model_id)
         verb = "fetched" if action.kind is ActionKind.FETCH else "updated"
@@ -312,7 +325,14 @@ class Syncer:
         known = file.sha256 or done.get(file.path, {}).get("sha256")
         if known or (file.git_sha1 and file.size is not None):
             candidates = [reusable.get(known) if known else None, current / file.path]
-            digest = await asyncio.to_thread(reuse_verified, candidates, known, file, final)
+            digest = await asyncio.to_thread(
+                reuse_verified,
+                candidates,
+                known,
+                file,
+                final,
+                trust=not self.settings.verify_checksums,
+            )
             if digest is not None:
                 mark_done(stage, done, file.path, final.stat().st_size, digest)
                 return
@@ -336,13 +356,8 @@ class Syncer:
                         self.transfer,
                         lambda d, t, r: self.events.file_progress(mid, file.path, d, t, r),
                     )
-                verify = self.settings.verify_checksums
-                digest = await asyncio.to_thread(
-                    part.finish,
-                    file.sha256 if verify else None,
-                    file.size,
-                    file.git_sha1 if verify else None,
-                )
+                # Always checked: the hash is computed while writing, so it costs nothing.
+                digest = await asyncio.to_thread(part.finish, file.sha256, file.size, file.git_sha1)
             finally:
                 await asyncio.to_thread(part.close)
             mark_done(stage, done, file.path, part.offset, digest)

@@ -60,8 +60,17 @@ class ModelSpec:
 
 
 def spec_digest(spec: ModelSpec) -> str:
-    """What about a spec decides the files on disk (not `type` or `metadata`)."""
-    text = json.dumps([spec.source, dict(spec.options)], sort_keys=True, default=str)
+    """What about a spec decides the files on disk (not `type` or `metadata`).
+
+    `revision` is left out (the resolved version covers it) and a single glob counts as a
+    one-item list, so spelling a setting differently does not re-stage a model.
+    """
+    options = {
+        key: [value] if key in ("include", "exclude") and isinstance(value, str) else value
+        for key, value in spec.options.items()
+        if key != "revision"
+    }
+    text = json.dumps([spec.source, options], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -80,7 +89,8 @@ class RemoteFile:
     size: int | None = None
     sha256: str | None = None
     url: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # repr=False: headers may carry a token, and a repr can end up in a log line.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     git_sha1: str | None = None
 
 

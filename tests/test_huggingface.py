@@ -302,3 +302,82 @@ def test_pinned_noop_pass_loads_neither_huggingface_hub_nor_aiohttp(
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "mmd.cli" in imported  # the import log was read
     assert not {"huggingface_hub", "aiohttp"} & imported
+
+
+def _kill_mid_file(home: Home, hub: HfHubServer, spawn, glob: str, after: int) -> None:
+    hub.set_fault(glob, stall_after=after, stall_seconds=60)
+    proc = spawn("sync")
+    wait_for(lambda: hub.bytes_sent(glob) >= after, what="the stall point")
+    wait_until_part_settles(home)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    hub.clear_faults()
+
+
+def test_branch_moving_mid_download_keeps_finished_files(
+    home: Home, hf_endpoint: HfHubServer, spawn
+):
+    hf_endpoint.create_repo("org/m")
+    big, small = payload(8_000_000, b"big"), payload(200_000, b"small")
+    hf_endpoint.commit("org/m", {"big.safetensors": big, "small.safetensors": small})
+    home.write_manifest("models:\n  org/m: {}\n")
+    _kill_mid_file(home, hf_endpoint, spawn, "big.safetensors", 3_000_000)
+    assert hf_endpoint.bytes_sent("small.safetensors") == len(small)
+
+    second = hf_endpoint.commit("org/m", {"README.md": b"# moved\n"})
+    hf_endpoint.reset_stats()
+    proc = spawn("sync")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert hf_endpoint.bytes_sent("small.safetensors") == 0  # finished: reused, verified
+    assert on_disk(home, "org/m") == {
+        "big.safetensors": big,
+        "small.safetensors": small,
+        "README.md": b"# moved\n",
+    }
+    assert home.entry("org/m")["version"] == second
+    assert list((home.storage / "cache/staging").rglob("*")) == []  # old stage gone too
+
+
+def test_selection_change_after_interrupt_switches_in_exactly_the_selection(
+    home: Home, mmd: Mmd, hf_endpoint: HfHubServer, spawn
+):
+    hf_endpoint.create_repo("org/m")
+    big = payload(8_000_000, b"big")
+    commit = hf_endpoint.commit(
+        "org/m", {"big.safetensors": big, "small.safetensors": b"s" * 20_000, "config.json": CONFIG}
+    )
+    home.write_manifest(f"models:\n  org/m:\n    revision: {commit}\n")
+    _kill_mid_file(home, hf_endpoint, spawn, "big.safetensors", 3_000_000)
+
+    home.write_manifest(f"models:\n  org/m:\n    revision: {commit}\n    include: ['*.json']\n")
+    assert mmd("sync").code == 0
+    assert on_disk(home, "org/m") == {"config.json": CONFIG}
+    assert [f["path"] for f in home.entry("org/m")["files"]] == ["config.json"]
+    assert mmd("verify").code == 0
+
+
+def test_offline_after_a_failed_check_keeps_the_model(
+    home: Home, mmd: Mmd, hf_endpoint: HfHubServer, monkeypatch
+):
+    repo_with_weights(hf_endpoint)
+    home.write_manifest("models:\n  org/tiny: {}\n")
+    assert mmd("sync").code == 0
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the hub is unreachable
+    assert mmd("sync").code == 1
+    entry = home.entry("org/tiny")
+    assert entry["status"] == "available" and entry["error"].startswith("check failed: cannot")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = mmd("sync")
+    assert result.code == 0
+    assert "offline, keeping" in mmd("plan").out
+
+
+def test_spelling_a_default_differently_does_not_restage(
+    home: Home, mmd: Mmd, hf_endpoint: HfHubServer
+):
+    commit, _ = repo_with_weights(hf_endpoint)
+    home.write_manifest("models:\n  org/tiny:\n    include: '*.json'\n")
+    assert mmd("sync").code == 0
+    home.write_manifest(f"models:\n  org/tiny:\n    include: ['*.json']\n    revision: {commit}\n")
+    assert "nothing  org/tiny: up to date" in mmd("plan").out

@@ -138,12 +138,3 @@ def test_exchange_swaps_two_folders(tmp_path: Path) -> None:
     if not exchange(a, b):
         pytest.skip("this kernel or filesystem has no renameat2(RENAME_EXCHANGE)")
     assert (b / "from-a").exists() and not (a / "from-a").exists()
-
-
-def test_staging_leftovers_of_other_versions_are_dropped(tmp_path: Path) -> None:
-    storage = Storage(tmp_path / "models")
-    storage.prepare()
-    old = storage.new_stage("http", "m", "v1")
-    (old / "files").mkdir()
-    new = storage.new_stage("http", "m", "v2")
-    assert new.exists() and not old.exists()

@@ -24,7 +24,9 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 5
-RETRY_AFTER_CAP = 300.0
+# Bounded so a pass (and Ctrl-C, which waits for this worker thread) never hangs for long.
+RETRY_AFTER_CAP = 60.0
+REQUEST_TIMEOUT = 30.0
 
 
 def _options(spec: ModelSpec) -> tuple[str, str, str]:
@@ -100,7 +102,13 @@ def _fetch_info(repo: str, revision: str, repo_type: str, endpoint: str, token: 
         reraise=True,
     ):
         with attempt:
-            return api.repo_info(repo, revision=revision, repo_type=repo_type, files_metadata=True)
+            return api.repo_info(
+                repo,
+                revision=revision,
+                repo_type=repo_type,
+                files_metadata=True,
+                timeout=REQUEST_TIMEOUT,
+            )
     raise AssertionError("unreachable")
 
 
