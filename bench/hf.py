@@ -61,6 +61,8 @@ import tempfile
 import threading
 import time
 
+from common import main_guard, run
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPO_ID = "bench-org/bench-model"
 SHARDS = 4
@@ -583,20 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.shard_mib < 1:
         parser.error("--runs and --shard-mib must be positive")
 
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # so the finally blocks clean up
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
-    try:
-        return bench(args)
-    except KeyboardInterrupt:
-        return 130
-    except (RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run(lambda: bench(args))
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    main_guard(main)

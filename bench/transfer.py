@@ -26,19 +26,19 @@ To measure a modified copy of mmd without installing it, put its parent director
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from common import main_guard, run
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GEN_CHUNK = 4 << 20
@@ -289,20 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.size_mib < 1:
         parser.error("--runs and --size-mib must be positive")
 
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # so the finally blocks clean up
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
-    try:
-        return bench(args)
-    except KeyboardInterrupt:
-        return 130
-    except (RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run(lambda: bench(args))
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    main_guard(main)
