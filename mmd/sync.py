@@ -283,7 +283,8 @@ class Syncer:
         if previous is not None and previous.source != spec.source:
             await asyncio.to_thread(self.storage.remove_model, previous.source, spec.model_id)
         verb = "fetched" if action.kind is ActionKind.FETCH else "updated"
-        return f"{verb} {len(files)} files, {entry.size_bytes} bytes, version {release.version}"
+        count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+        return f"{verb} {count}, {entry.size_bytes} bytes, version {release.version}"
 
     def _drop_stage(self, stage: Path) -> None:
         self.storage.discard(stage)
