@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The benches use the project's test servers (tests/servers) from a plain checkout.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.servers.isolation import SCRUBBED_VARIABLES  # noqa: E402
+
+__all__ = ["ROOT", "SCRUBBED_VARIABLES", "main_guard", "run", "stop_process"]
 
 
 def run(bench: Callable[[], int]) -> int:
@@ -28,3 +39,24 @@ def run(bench: Callable[[], int]) -> int:
 def main_guard(main: Callable[[], int]) -> None:
     with contextlib.suppress(BrokenPipeError):
         sys.exit(main())
+
+
+def stop_process(proc: subprocess.Popen[str], *, close_stdin: bool = False) -> None:
+    """Stop a helper process: EOF on stdin if asked (it exits by itself), else or then
+    SIGTERM, then SIGKILL, 10 s apart; close its pipes."""
+    if proc.poll() is None and close_stdin and proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()

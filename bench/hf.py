@@ -46,7 +46,6 @@ bench/hf.py`` (children run in the temp dir, so PYTHONPATH comes before the chec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
@@ -61,42 +60,12 @@ import tempfile
 import threading
 import time
 
-from common import main_guard, run
+from common import ROOT, SCRUBBED_VARIABLES, main_guard, run, stop_process
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPO_ID = "bench-org/bench-model"
 SHARDS = 4
 GEN_CHUNK = 4 << 20
 
-# Environment variables that would point a child at the developer's setup.
-_SCRUB = (
-    "MODEL_STORAGE_DIR",
-    "MODEL_REGISTRY_FILE",
-    "MMD_MANIFEST",
-    "MMD_CONFIG",
-    "MMD_HOME",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HF_TOKEN_PATH",
-    "HF_HUB_CACHE",
-    "HUGGINGFACE_HUB_CACHE",
-    "HF_HOME",
-    "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "HF_HUB_ENABLE_HF_TRANSFER",
-    "MAX_CONCURRENT_DOWNLOADS",
-    "DOWNLOAD_TIMEOUT",
-    "VERIFY_CHECKSUMS",
-    "STATE_DIRECTORY",
-    "CONFIGURATION_DIRECTORY",
-    "CREDENTIALS_DIRECTORY",
-    "http_proxy",
-    "https_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "all_proxy",
-)
 
 SNAPSHOT_CODE = (
     "import sys\n"
@@ -115,7 +84,6 @@ def serve(repo_dir: pathlib.Path, repo_id: str) -> int:
     with one JSON line (requests since the previous STATS, server CPU seconds so far). Exits
     on EOF (so it never outlives the benchmark), SIGTERM or Ctrl-C.
     """
-    sys.path.insert(0, str(ROOT))
     # (imported by name: type-checking this script need not type-check the test servers)
     hfhub = importlib.import_module("tests.servers.hfhub")
 
@@ -197,24 +165,7 @@ class Server:
             return json.loads(self._readline())
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert proc.stdin is not None
-                proc.stdin.close()  # EOF: the server stops itself
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        stop_process(self.proc, close_stdin=True)  # EOF: the server stops itself
 
 
 # ---------------------------------------------------------------------- repo generation
@@ -275,7 +226,7 @@ def warm(repo_dir: pathlib.Path) -> None:
 
 
 def child_env(tmp: pathlib.Path, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_VARIABLES}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         HF_ENDPOINT=url,

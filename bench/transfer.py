@@ -38,9 +38,8 @@ import sys
 import tempfile
 import time
 
-from common import main_guard, run
+from common import ROOT, main_guard, run, stop_process
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 GEN_CHUNK = 4 << 20
 FILE_NAME = "blob.bin"
 
@@ -107,21 +106,9 @@ def start_server(directory: pathlib.Path) -> tuple[subprocess.Popen[str], str]:
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()  # the server prints READY as soon as it listens
     if not line.startswith("READY "):
-        stop_server(proc)
+        stop_process(proc)
         raise RuntimeError(f"file server did not start (said {line!r})")
     return proc, line.split(None, 1)[1]
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def proc_cpu(pid: int) -> float:
@@ -226,7 +213,7 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     finally:
         if server is not None:
-            stop_server(server)
+            stop_process(server)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -16,38 +16,9 @@ import pytest
 from mmd.cli import main
 from tests.servers.fileserver import fileserver, fileserver2  # noqa: F401
 from tests.servers.hfhub import hf_endpoint, hfhub  # noqa: F401
+from tests.servers.isolation import SCRUBBED_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Variables that would let a test reach the outside or pick up the developer's setup.
-_SCRUB = (
-    "MODEL_STORAGE_DIR",
-    "MODEL_REGISTRY_FILE",
-    "MMD_MANIFEST",
-    "MMD_CONFIG",
-    "HF_TOKEN",
-    "HF_HUB_CACHE",
-    "HF_HOME",
-    "MAX_CONCURRENT_DOWNLOADS",
-    "DOWNLOAD_TIMEOUT",
-    "VERIFY_CHECKSUMS",
-    "MMD_SCHEDULE",
-    "MMD_PRUNE",
-    "MODEL_API_HOST",
-    "MODEL_API_PORT",
-    "MMD_API_TOKEN",
-    "STATE_DIRECTORY",
-    "CONFIGURATION_DIRECTORY",
-    "CREDENTIALS_DIRECTORY",
-    "http_proxy",
-    "https_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "all_proxy",
-    "GITHUB_TOKEN",
-    "GITHUB_API_URL",
-)
 
 
 @dataclass
@@ -81,7 +52,7 @@ class Home:
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    for name in _SCRUB:
+    for name in SCRUBBED_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     root = tmp_path / "home"
     root.mkdir()

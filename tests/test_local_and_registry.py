@@ -57,7 +57,7 @@ def test_local_folder_with_include_exclude(home: Home, mmd: Mmd, tmp_path: Path)
     )
 
 
-def test_local_change_is_an_update_reusing_unchanged_files(
+def test_local_change_is_an_update_of_the_whole_folder(
     home: Home, mmd: Mmd, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
@@ -65,15 +65,16 @@ def test_local_change_is_an_update_reusing_unchanged_files(
     home.write_manifest(f"models:\n  m:\n    source: local\n    path: {src}\n")
     assert mmd("sync").code == 0
     weights = home.storage / "local/m/model.safetensors"
-    inode = weights.stat().st_ino
+    folder_inode = (home.storage / "local/m").stat().st_ino
     (src / "config.json").write_bytes(b'{"hidden": 16}')
 
     assert "update   m" in mmd("plan").out
     assert mmd("sync").code == 0
     assert (home.storage / "local/m/config.json").read_bytes() == b'{"hidden": 16}'
-    # Same version path, unchanged file: copied again (local has no digest to compare).
+    # Local files have no digest to compare, so the unchanged one is copied again.
     assert weights.read_bytes() == (src / "model.safetensors").read_bytes()
-    assert inode  # the old version's file was replaced as part of the whole folder
+    # The new version was switched in as a whole folder, not patched in place.
+    assert (home.storage / "local/m").stat().st_ino != folder_inode
 
 
 def test_local_relative_path_single_file_and_symlinks(home: Home, mmd: Mmd, tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+"""Environment variables that would point mmd or huggingface_hub at a developer's setup
+(or through a proxy) instead of the local test servers; tests and benches unset them."""
+
+from __future__ import annotations
+
+SCRUBBED_VARIABLES = (
+    "MODEL_STORAGE_DIR",
+    "MODEL_REGISTRY_FILE",
+    "MMD_MANIFEST",
+    "MMD_CONFIG",
+    "HF_TOKEN",
+    "HF_HUB_CACHE",
+    "HF_HOME",
+    "MAX_CONCURRENT_DOWNLOADS",
+    "DOWNLOAD_TIMEOUT",
+    "VERIFY_CHECKSUMS",
+    "MMD_SCHEDULE",
+    "MMD_PRUNE",
+    "MODEL_API_HOST",
+    "MODEL_API_PORT",
+    "MMD_API_TOKEN",
+    "STATE_DIRECTORY",
+    "CONFIGURATION_DIRECTORY",
+    "CREDENTIALS_DIRECTORY",
+    "http_proxy",
+    "https_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "all_proxy",
+    "GITHUB_TOKEN",
+    "GITHUB_API_URL",
+    "MMD_HOME",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HUB_ENABLE_HF_TRANSFER",
+)
