@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from mmd import __version__
+from mmd.client import DaemonClient
 from mmd.config import Settings, load_settings
-from mmd.errors import ConfigError, ManifestError, MmdError
+from mmd.errors import ConfigError, ManifestError, MmdError, StorageLockedError
 from mmd.hookspecs import SourceContext
 from mmd.lock import StorageLock
+from mmd.logs import setup_logging
 from mmd.manifest import Manifest, load_manifest
 from mmd.plan import Action, ActionKind, plan
 from mmd.plugins import Plugins, load_plugins
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmd {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
 
+    verbs.add_parser(
+        "run", parents=[common], help="the daemon: schedule, watchers, API; until SIGTERM"
+    )
     sync = verbs.add_parser("sync", parents=[common], help="one reconcile pass now")
     sync.add_argument("ids", nargs="*", metavar="ID", help="only these models")
     sync.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
@@ -77,36 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the moment (it may be replaced after setup)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def _setup_logging(verbose: bool) -> None:
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("mmd: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("mmd").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 class Cli:
     def __init__(self, args: argparse.Namespace, extra_plugins: Sequence[object]) -> None:
         self.args = args
-        self.settings: Settings = load_settings(
-            args.config,
-            {"storage_dir": args.storage_dir, "manifest": args.manifest},
-        )
+        self.settings: Settings = self.load_settings()
         self.plugins: Plugins = load_plugins(extra_plugins)
         self.storage = Storage(self.settings.storage_dir)
+
+    def load_settings(self) -> Settings:
+        flags = {"storage_dir": self.args.storage_dir, "manifest": self.args.manifest}
+        return load_settings(self.args.config, flags)
 
     def out(self, text: str = "") -> None:
         print(text, flush=True)
@@ -163,9 +148,24 @@ class Cli:
         if self.args.dry_run:
             return self.cmd_plan()
         self.storage.prepare()
-        with StorageLock(self.settings.storage_dir, wait=self.args.wait):
+        probe = StorageLock(self.settings.storage_dir)
+        try:
+            probe.acquire()
+        except StorageLockedError:
+            if url := probe.daemon_url():
+                # The daemon is the only writer: ask it for the pass instead.
+                return DaemonClient(url, self.settings).sync(only, probe.holder(), self)
+            probe = StorageLock(self.settings.storage_dir, wait=self.args.wait)
+            probe.acquire()
+        try:
             registry = self.registry(manifest, persist=True)
             outcomes = asyncio.run(self._sync(manifest, registry, only))
+        finally:
+            probe.release()
+        return self.report(outcomes)
+
+    def report(self, outcomes: Sequence[Outcome], total: int | None = None) -> int:
+        """Print a pass's outcomes; `total` counts models whose outcome is not listed."""
         failed = [o for o in outcomes if not o.ok]
         if self.args.json:
             self.out(json.dumps([o.__dict__ | {"action": str(o.action)} for o in outcomes]))
@@ -176,7 +176,9 @@ class Cli:
                 mark = "ok    " if o.ok else "FAILED"
                 self.out(f"{mark} {o.model_id}: {o.message}")
             changed = sum(1 for o in outcomes if o.ok and o.action is not ActionKind.NOTHING)
-            self.out(f"{len(outcomes)} models: {changed} changed, {len(failed)} failed")
+            count = len(outcomes) if total is None else total
+            models = f"{count} model{'s' if count != 1 else ''}"
+            self.out(f"{models}: {changed} changed, {len(failed)} failed")
         return 1 if failed else 0
 
     async def _plan(
@@ -199,6 +201,11 @@ class Cli:
         with ProgressBars(enabled=not self.args.json) as bars:
             syncer = Syncer(self.settings, self.plugins, registry, self.storage, bars)
             return await syncer.apply(actions)
+
+    def cmd_run(self) -> int:
+        from mmd.daemon import Daemon, run_daemon
+
+        return run_daemon(Daemon(self.settings, self.plugins, reload_settings=self.load_settings))
 
     def cmd_list(self) -> int:
         registry = self.registry(None, persist=False)
@@ -330,7 +337,7 @@ def main(argv: Sequence[str] | None = None, *, plugins: Sequence[object] = ()) -
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose, daemon=args.verb == "run")
     try:
         cli = Cli(args, plugins)
         handler: Any = getattr(cli, f"cmd_{args.verb}")

@@ -61,6 +61,9 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8005
     api_token: Secret | None = None
+    retry_initial: float = 60.0
+    retry_max: float = 3600.0
+    rescan_interval: float = 300.0
     config_file: Path | None = None
 
     @property
@@ -113,6 +116,9 @@ def parse_positive_int(value: Any) -> int:
 
 
 def parse_port(value: Any) -> int:
+    """0 means any free port (the daemon announces the one it got in its lock file)."""
+    if str(value).strip() == "0" and not isinstance(value, bool):
+        return 0
     port = parse_positive_int(value)
     if port > 65535:
         raise ValueError(f"expected a port number up to 65535, got {port}")
@@ -190,6 +196,9 @@ KEYS: dict[str, _Key] = {
     "api.host": _Key("MODEL_API_HOST", parse_str),
     "api.port": _Key("MODEL_API_PORT", parse_port),
     "api.token_file": _Key(None, parse_path),
+    "retry_initial": _Key("MMD_RETRY_INITIAL", parse_duration),
+    "retry_max": _Key("MMD_RETRY_MAX", parse_duration),
+    "rescan_interval": _Key("MMD_RESCAN_INTERVAL", parse_duration),
 }
 
 
@@ -302,5 +311,8 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], config_file: Path | None
         api_host=raw.get("api.host", "127.0.0.1"),
         api_port=raw.get("api.port", 8005),
         api_token=Secret(api_token) if api_token else None,
+        retry_initial=raw.get("retry_initial", 60.0),
+        retry_max=max(raw.get("retry_max", 3600.0), raw.get("retry_initial", 60.0)),
+        rescan_interval=raw.get("rescan_interval", 300.0),
         config_file=config_file,
     )

@@ -19,11 +19,27 @@ class StorageLock:
         self.wait = wait
         self.fd: int | None = None
 
-    def holder(self) -> str:
+    def _lines(self) -> list[str]:
         try:
-            return self.path.read_text().strip() or "unknown"
+            return self.path.read_text().split()
         except OSError:
-            return "unknown"
+            return []
+
+    def holder(self) -> str:
+        """The pid of the process holding the lock, as it wrote it."""
+        lines = self._lines()
+        return lines[0] if lines else "unknown"
+
+    def daemon_url(self) -> str | None:
+        """The API address a running `mmd run` announced, when the holder is one."""
+        lines = self._lines()
+        return lines[1] if len(lines) > 1 and lines[1].startswith("http") else None
+
+    def announce(self, url: str) -> None:
+        """Tell other mmd commands where the daemon holding this lock listens."""
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n{url}\n".encode(), 0)
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +59,7 @@ class StorageLock:
                     ) from None
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
 
     def release(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -157,13 +157,23 @@ async def plan(
     *,
     only: Iterable[str] | None = None,
     prune: bool = False,
+    deferred: Mapping[str, str] | None = None,
 ) -> list[Action]:
+    """One action per manifest model (and per registered model the manifest dropped).
+
+    `deferred`: models to leave alone this pass (failing, waiting for their retry time),
+    each with the reason to show; they cost no network.
+    """
+    deferred = deferred or {}
     wanted = set(only) if only is not None else None
     specs = [s for s in manifest.models.values() if wanted is None or s.model_id in wanted]
 
     async def one(spec: ModelSpec) -> Action:
         entry = registry.get(spec.model_id)
         source = plugins.sources.get(spec.source)
+        if spec.state is State.PRESENT and spec.model_id in deferred:
+            reason = deferred[spec.model_id]
+            return Action(ActionKind.NOTHING, spec.model_id, spec.source, reason, spec)
         if (
             spec.state is State.PRESENT
             and source is not None

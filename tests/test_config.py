@@ -390,7 +390,7 @@ def test_config_duplicate_key(tmp_path: Path, base: dict[str, str]) -> None:
         ("verify_checksums: maybe", "1:1: verify_checksums", "expected true or false, got 'maybe'"),
         ("prune: 2", "1:1: prune", "expected true or false, got 2"),
         ("api:\n  port: 70000", "2:3: api.port", "expected a port number up to 65535, got 70000"),
-        ("api:\n  port: 0", "2:3: api.port", "expected a number of at least 1, got 0"),
+        ("api:\n  port: -1", "2:3: api.port", "expected a number of at least 1, got -1"),
         ("api:\n  host: ''", "2:3: api.host", "expected a string"),
         ("storage_dir: ''", "1:1: storage_dir", "expected a path"),
         ("storage_dir: [a, b]", "1:1: storage_dir", "expected a path"),

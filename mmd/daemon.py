@@ -1,0 +1,520 @@
+"""`mmd run`: the long-running daemon.
+
+One asyncio loop holds everything: the APScheduler reconcile and rescan jobs, the
+watchdog hand-offs, the aiohttp API, signals and sd_notify. Every reason to reconcile
+(schedule, manifest edit, SIGHUP, `POST /sync`, a damaged model) becomes a request to
+one pass runner, so two passes never run at once and requests arriving during a pass
+are merged into the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mmd import __version__
+from mmd.backoff import RetryBackoff
+from mmd.config import Settings
+from mmd.diskwatch import DiskMonitor
+from mmd.errors import ConfigError, ManifestError, MmdError, StorageLockedError
+from mmd.hookspecs import SourceContext
+from mmd.live import LiveState
+from mmd.lock import StorageLock
+from mmd.manifest import Manifest, load_manifest
+from mmd.plan import ActionKind, plan
+from mmd.plugins import Plugins
+from mmd.registry import Registry, utc_now
+from mmd.storage import RESERVED_TOP, Storage
+from mmd.sync import Outcome, Syncer
+from mmd.systemd import Notifier
+from mmd.watch import Debounced, Watchers
+
+log = logging.getLogger(__name__)
+
+# Settings that name resources held for the daemon's life: a reload cannot move them.
+_FIXED = ("storage_dir", "registry_file", "api_host", "api_port")
+STOP_BUDGET_S = 8.0
+
+
+@dataclass
+class PassRequest:
+    reason: str
+    ids: frozenset[str] | None = None  # None: every model
+    force: bool = False  # retry failing models now, whatever their backoff says
+
+    def merge(self, other: PassRequest) -> PassRequest:
+        ids = None if self.ids is None or other.ids is None else self.ids | other.ids
+        reason = self.reason if other.reason == self.reason else f"{self.reason}, {other.reason}"
+        return PassRequest(reason, ids, self.force or other.force)
+
+
+@dataclass
+class PassReport:
+    number: int
+    reason: str
+    started_at: str
+    finished_at: str | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        changes = [o for o in self.outcomes if not o.ok or o.action is not ActionKind.NOTHING]
+        return {
+            "number": self.number,
+            "reason": self.reason,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_s": self.duration_s,
+            "error": self.error,
+            "models": len(self.outcomes),
+            "failed": sum(1 for o in self.outcomes if not o.ok),
+            "changes": [o.__dict__ | {"action": str(o.action)} for o in changes],
+        }
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        reload_settings: Callable[[], Settings],
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.reload_settings = reload_settings
+        self.notifier = notifier or Notifier()
+        self.storage = Storage(settings.storage_dir)
+        self.lock = StorageLock(settings.storage_dir)
+        self.registry = Registry(settings.registry_file)
+        self.live = LiveState(self.registry)
+        self.backoff = RetryBackoff(settings.retry_initial, settings.retry_max)
+        self.manifest: Manifest | None = None
+        self.manifest_error: str | None = None
+        self.started = time.monotonic()
+        self.api_url: str | None = None
+        self.passes_started = 0
+        self.passes_completed = 0
+        self.current: PassReport | None = None
+        self.last: PassReport | None = None
+        self._pending: PassRequest | None = None
+        self._wanted = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._scheduler: Any = None
+        self._api: Any = None
+        self._status_sent = ""
+
+    # -- requests -------------------------------------------------------------
+
+    def request_pass(
+        self, reason: str, ids: Sequence[str] | None = None, force: bool = False
+    ) -> int:
+        """Ask for a pass; returns the number of the pass that will serve the request."""
+        request = PassRequest(reason, frozenset(ids) if ids else None, force)
+        self._pending = request if self._pending is None else self._pending.merge(request)
+        self._wanted.set()
+        return self.passes_started + 1
+
+    def stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped; 0 after a clean stop. Startup errors raise MmdError."""
+        check_bind(self.settings)
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.storage.prepare)
+        try:
+            self.lock.acquire()
+        except StorageLockedError:
+            raise StorageLockedError(
+                f"storage {self.storage.root} is already managed by mmd pid {self.lock.holder()}",
+                hint="one daemon per storage; stop it first, or use another --storage-dir",
+            ) from None
+        try:
+            await self._start(loop)
+            await self._stop.wait()
+            log.info("stopping (%s)", self._stop_reason)
+            self.notifier.stopping()
+        finally:
+            await self._shutdown()
+        return 0
+
+    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.manifest = await asyncio.to_thread(self._read_manifest)
+        known = (
+            [(s.source, s.model_id) for s in self.manifest.models.values()] if self.manifest else []
+        )
+        self.registry = await asyncio.to_thread(
+            Registry.load, self.settings.registry_file, self.storage, known
+        )
+        self.live.registry = self.registry
+        self.monitor = DiskMonitor(self.registry, self.storage, self.live, self._on_damage)
+        await self.monitor.baseline()
+        self._disk_check = Debounced(loop, 0.3, self._spawn_disk_check)
+        self._manifest_edit = Debounced(loop, 0.3, self._on_manifest_edit)
+
+        from mmd.api import start_api
+
+        self._api, self.api_url = await start_api(self, self.settings)
+        self.lock.announce(self.api_url)
+
+        self.watchers = Watchers(loop)
+        self.watchers.watch_manifest(self.settings.manifest, self._manifest_edit.poke)
+        self.watchers.watch_storage(self.storage.root, _ignored, self._on_storage_event)
+        self._start_scheduler()
+        self._runner = asyncio.create_task(self._run_passes(), name="passes")
+        self._tasks.append(asyncio.create_task(self._tick(), name="status"))
+        for sig, action in (
+            (signal.SIGTERM, lambda: self.stop("SIGTERM")),
+            (signal.SIGINT, lambda: self.stop("SIGINT")),
+            (signal.SIGHUP, lambda: self._tasks.append(asyncio.create_task(self.reload()))),
+        ):
+            loop.add_signal_handler(sig, action)
+        self.notifier.ready(self.status_line())
+        log.info(
+            "mmd %s running: storage %s, manifest %s, API %s, schedule %s",
+            __version__,
+            self.storage.root,
+            self.settings.manifest,
+            self.api_url,
+            self.settings.schedule.describe(),
+        )
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._scheduler.add_job(
+            self._on_schedule,
+            _trigger(self.settings),
+            id="reconcile",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),  # a pass at start
+        )
+        self._scheduler.add_job(
+            self._on_rescan,
+            "interval",
+            seconds=self.settings.rescan_interval,
+            id="rescan",
+            coalesce=True,
+            max_instances=1,
+        )
+        self._scheduler.start()
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if getattr(self, "watchers", None) is not None:
+            await asyncio.to_thread(self.watchers.stop)
+        tasks = [t for t in [self._runner, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Cancelling a pass closes (and fsyncs) every .part, so the next start resumes.
+            _, late = await asyncio.wait(tasks, timeout=STOP_BUDGET_S)
+            if late:
+                log.warning("%d tasks did not stop in time", len(late))
+        if self._api is not None:
+            await self._api.cleanup()
+        with contextlib.suppress(OSError):
+            self.registry.save()
+        self.lock.release()
+
+    async def reload(self) -> None:
+        """SIGHUP: read config and manifest again; what needs a restart says so."""
+        self.notifier.reloading()
+        log.info("reloading config and manifest (SIGHUP)")
+        try:
+            new = await asyncio.to_thread(self.reload_settings)
+        except MmdError as exc:
+            log.error("config not reloaded, keeping the running one: %s", exc)
+        else:
+            moved = [k for k in _FIXED if getattr(new, k) != getattr(self.settings, k)]
+            if moved:
+                log.warning("%s changed: takes effect after a restart", ", ".join(moved))
+                new = dataclasses.replace(new, **{k: getattr(self.settings, k) for k in moved})
+            old, self.settings = self.settings, new
+            changed = [
+                f.name
+                for f in dataclasses.fields(new)
+                if f.name != "config_file" and getattr(new, f.name) != getattr(old, f.name)
+            ]
+            log.info("config reloaded: %s", ", ".join(changed) + " changed" if changed else "same")
+            self.backoff.initial, self.backoff.maximum = new.retry_initial, new.retry_max
+            if new.schedule != old.schedule and self._scheduler is not None:
+                self._scheduler.reschedule_job("reconcile", trigger=_trigger(new))
+                log.info("schedule now %s", new.schedule.describe())
+            if new.rescan_interval != old.rescan_interval and self._scheduler is not None:
+                self._scheduler.reschedule_job(
+                    "rescan", trigger="interval", seconds=new.rescan_interval
+                )
+            if new.manifest != old.manifest:
+                self.watchers.watch_manifest(new.manifest, self._manifest_edit.poke)
+        self.request_pass("reload", force=True)
+        self.notifier.ready(self.status_line())
+
+    # -- event handlers (on the loop) ------------------------------------------
+
+    async def _on_schedule(self) -> None:
+        self.request_pass("schedule")
+
+    async def _on_rescan(self) -> None:
+        await self.monitor.rescan()
+
+    def _on_manifest_edit(self) -> None:
+        log.info("manifest %s changed", self.settings.manifest)
+        self.request_pass("manifest changed", force=True)
+
+    def _on_storage_event(self, rel: str) -> None:
+        self.monitor.hint(rel)
+        self._disk_check.poke()
+
+    def _spawn_disk_check(self) -> None:
+        self._tasks.append(asyncio.create_task(self._check_disk()))
+
+    async def _check_disk(self) -> None:
+        await self.monitor.check()
+        if self.monitor.pending_outside(self.monitor.busy):
+            # A custom/ folder still being copied in: look again once it settles.
+            await asyncio.sleep(1.0)
+            self._disk_check.poke()
+        self._tasks[:] = [t for t in self._tasks if not t.done()]
+
+    def _on_damage(self, model_id: str) -> None:
+        self.request_pass(f"repair {model_id}", ids=[model_id])
+
+    # -- passes ---------------------------------------------------------------
+
+    async def _run_passes(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            request, self._pending = self._pending, None
+            if request is not None:
+                await self._pass(request)
+
+    def _read_manifest(self) -> Manifest | None:
+        """The manifest now, or the last good one when it is missing or invalid."""
+        path = self.settings.manifest
+        try:
+            if not path.is_file():
+                raise ConfigError(f"manifest {path} does not exist")
+            manifest = load_manifest(path, self.plugins.sources)
+        except ManifestError as exc:
+            problem = "; ".join(exc.problems)
+        except MmdError as exc:
+            problem = str(exc)
+        except OSError as exc:
+            problem = f"manifest {path}: {exc.strerror or exc}"
+        else:
+            if self.manifest_error:
+                log.info("manifest %s is valid again", path)
+            self.manifest_error = None
+            return manifest
+        if problem != self.manifest_error:
+            kept = "keeping the last good one" if self.manifest else "no models to manage yet"
+            for line in problem.split("; "):
+                log.error("%s", line)
+            log.error("manifest not applied: %s", kept)
+        self.manifest_error = problem
+        return self.manifest
+
+    async def _pass(self, request: PassRequest) -> None:
+        self.passes_started += 1
+        report = PassReport(self.passes_started, request.reason, utc_now())
+        self.current = report
+        started = time.monotonic()
+        try:
+            self.manifest = await asyncio.to_thread(self._read_manifest)
+            if self.manifest is None:
+                report.error = self.manifest_error
+                return
+            only = None
+            if request.ids is not None:
+                only = [i for i in request.ids if i in self.manifest.models]
+            deferred = {} if request.force else self.backoff.deferred()
+            ctx = SourceContext(settings=self.settings, env=dict(os.environ))
+            actions = await plan(
+                self.manifest,
+                self.registry,
+                self.storage,
+                self.plugins,
+                ctx,
+                only=only,
+                prune=self.settings.prune,
+                deferred=deferred,
+            )
+            changing = {a.model_id for a in actions if a.kind is not ActionKind.NOTHING}
+            self.monitor.busy = changing
+            try:
+                syncer = Syncer(self.settings, self.plugins, self.registry, self.storage, self.live)
+                report.outcomes = await syncer.apply(actions)
+            finally:
+                self.monitor.busy = set()
+                await self.monitor.baseline(sorted(changing))
+                self._disk_check.poke()
+            for o in report.outcomes:
+                if o.model_id in deferred and o.action is ActionKind.NOTHING:
+                    continue
+                if o.ok:
+                    self.backoff.succeeded(o.model_id)
+                else:
+                    wait = self.backoff.failed(o.model_id)
+                    log.info("%s: next scheduled retry in %.0fs", o.model_id, wait)
+        except Exception as exc:  # a pass must never take the daemon down
+            log.exception("pass %d failed", report.number)
+            report.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            report.finished_at = utc_now()
+            report.duration_s = round(time.monotonic() - started, 3)
+            self.current, self.last = None, report
+            self.passes_completed = report.number
+            self._log_pass(report)
+
+    def _log_pass(self, report: PassReport) -> None:
+        counts: dict[str, int] = {}
+        for o in report.outcomes:
+            key = "failed" if not o.ok else str(o.action)
+            counts[key] = counts.get(key, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no models"
+        level = logging.INFO
+        if report.error or counts.get("failed"):
+            level = logging.WARNING
+        elif not any(k != "nothing" for k in counts):
+            level = logging.DEBUG  # a quiet no-op pass every 15 minutes is not news
+        log.log(
+            level,
+            "pass %d (%s) done in %.2fs: %s%s",
+            report.number,
+            report.reason,
+            report.duration_s or 0.0,
+            summary,
+            f"; {report.error}" if report.error else "",
+        )
+
+    # -- status ---------------------------------------------------------------
+
+    def status_line(self) -> str:
+        text = self.live.summary()
+        if self.manifest_error:
+            text += f"; manifest invalid: {self.manifest_error.split('; ')[0]}"
+        return text
+
+    async def _tick(self) -> None:
+        """STATUS= when it changes (at most once a second) and WATCHDOG=1 from this loop.
+
+        The watchdog ping comes from the loop, not a thread: a frozen loop misses it and
+        systemd restarts the service.
+        """
+        interval = self.notifier.watchdog_interval()
+        next_ping = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if interval is not None and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + interval
+            line = self.status_line()
+            if line != self._status_sent:
+                self.notifier.status(line)
+                self._status_sent = line
+            await asyncio.sleep(min(1.0, interval or 1.0))
+
+    def health(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for entry in self.registry.models.values():
+            counts[str(entry.status)] = counts.get(str(entry.status), 0) + 1
+        return {
+            "status": "ok",
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "storage_dir": str(self.storage.root),
+            "manifest": {"path": str(self.settings.manifest), "error": self.manifest_error},
+            "models": counts,
+            "summary": self.status_line(),
+            "passes": {
+                "started": self.passes_started,
+                "completed": self.passes_completed,
+                "running": self.current.to_json() if self.current else None,
+                "last": self.last.to_json() if self.last else None,
+            },
+        }
+
+
+def _ignored(rel: str) -> bool:
+    return rel.split("/")[0] in RESERVED_TOP
+
+
+def _trigger(settings: Settings) -> Any:
+    from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+    from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+
+    schedule = settings.schedule
+    if schedule.cron:
+        return CronTrigger.from_crontab(schedule.cron)  # the node's local time, as cron does
+    assert schedule.interval_s is not None
+    return IntervalTrigger(seconds=schedule.interval_s)
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to serve the API beyond this machine without a token."""
+    from mmd.api import is_loopback
+
+    host = settings.api_host
+    if not is_loopback(host) and settings.api_token is None:
+        raise ConfigError(
+            f"api.host {host} is not a loopback address and no API token is set",
+            hint="set MMD_API_TOKEN or api.token_file, or listen on 127.0.0.1",
+        )
+
+
+def run_daemon(daemon: Daemon) -> int:
+    """Run the loop; never wait on a stuck worker thread past the stop budget.
+
+    A metadata call to a hub cannot be interrupted from Python; it holds no file open for
+    writing, so it is left behind rather than delaying the stop systemd is waiting for.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(daemon.run())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        executor = getattr(loop, "_default_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        loop.close()
+    deadline = time.monotonic() + 1.0
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    for thread in others:
+        if not thread.daemon:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon for t in others):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
