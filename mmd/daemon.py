@@ -283,7 +283,10 @@ class Daemon:
         self.request_pass("schedule")
 
     async def _on_rescan(self) -> None:
-        await self.monitor.rescan()
+        try:
+            await self.monitor.rescan()
+        except Exception:  # the next rescan tries again
+            log.exception("storage rescan failed")
 
     def _on_manifest_edit(self) -> None:
         log.info("manifest %s changed", self.settings.manifest)
@@ -297,7 +300,10 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._check_disk()))
 
     async def _check_disk(self) -> None:
-        await self.monitor.check()
+        try:
+            await self.monitor.check()
+        except Exception:  # the next event or the rescan tries again
+            log.exception("storage check failed")
         if self.monitor.pending_outside(self.monitor.busy):
             # A custom/ folder still being copied in: look again once it settles.
             await asyncio.sleep(1.0)
