@@ -61,6 +61,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8005
     api_token: Secret | None = None
+    api_allow_link_local: bool = False
     retry_initial: float = 60.0
     retry_max: float = 3600.0
     rescan_interval: float = 300.0
@@ -196,6 +197,7 @@ KEYS: dict[str, _Key] = {
     "api.host": _Key("MODEL_API_HOST", parse_str),
     "api.port": _Key("MODEL_API_PORT", parse_port),
     "api.token_file": _Key(None, parse_path),
+    "api.allow_link_local": _Key("MMD_API_ALLOW_LINK_LOCAL", parse_bool),
     "retry_initial": _Key("MMD_RETRY_INITIAL", parse_duration),
     "retry_max": _Key("MMD_RETRY_MAX", parse_duration),
     "rescan_interval": _Key("MMD_RESCAN_INTERVAL", parse_duration),
@@ -226,7 +228,9 @@ def _flatten_file(root: Node) -> dict[str, tuple[Any, Node]]:
         elif key == "api":
             # `api:` with every sub-key commented out is empty, not an unknown setting.
             if node.value is not None:
-                problems.append(node.problem("expected a mapping (host, port, token_file)"))
+                problems.append(
+                    node.problem("expected a mapping (host, port, token_file, allow_link_local)")
+                )
         else:
             flat[key] = (node.plain(), node)
     for key, (_, node) in flat.items():
@@ -311,6 +315,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], config_file: Path | None
         api_host=raw.get("api.host", "127.0.0.1"),
         api_port=raw.get("api.port", 8005),
         api_token=Secret(api_token) if api_token else None,
+        api_allow_link_local=raw.get("api.allow_link_local", False),
         retry_initial=raw.get("retry_initial", 60.0),
         retry_max=max(raw.get("retry_max", 3600.0), raw.get("retry_initial", 60.0)),
         rescan_interval=raw.get("rescan_interval", 300.0),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -24,20 +25,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mmd import __version__
+from mmd.audit import AuditLog
 from mmd.backoff import RetryBackoff
 from mmd.config import Settings
 from mmd.diskwatch import DiskMonitor
 from mmd.errors import ConfigError, ManifestError, MmdError, StorageLockedError
 from mmd.hookspecs import SourceContext
-from mmd.live import LiveState
+from mmd.live import Fanout, LiveState
 from mmd.lock import StorageLock
 from mmd.manifest import Manifest, load_manifest
+from mmd.metrics import Metrics
 from mmd.plan import ActionKind, plan
 from mmd.plugins import Plugins
 from mmd.registry import Registry, utc_now
+from mmd.requested import RequestedModels
 from mmd.storage import RESERVED_TOP, Storage
 from mmd.sync import Outcome, Syncer
 from mmd.systemd import Notifier
+from mmd.types import ModelEntry
 from mmd.watch import Debounced, Watchers
 
 log = logging.getLogger(__name__)
@@ -100,6 +105,9 @@ class Daemon:
         self.lock = StorageLock(settings.storage_dir)
         self.registry = Registry(settings.registry_file)
         self.live = LiveState(self.registry)
+        self.requested = RequestedModels(self.storage.root)
+        self._syncer: Syncer | None = None
+        self._listing: dict[tuple[str | None, ...], tuple[int, bytes]] = {}
         self.backoff = RetryBackoff(settings.retry_initial, settings.retry_max)
         self.manifest: Manifest | None = None
         self.manifest_error: str | None = None
@@ -167,7 +175,12 @@ class Daemon:
             Registry.load, self.settings.registry_file, self.storage, known
         )
         self.live.registry = self.registry
-        self.monitor = DiskMonitor(self.registry, self.storage, self.live, self._on_damage)
+        self.metrics = Metrics(self.registry, self.storage.root)
+        self.audit = AuditLog(self.storage.root / "audit.log")
+        self.audit.remember(self.registry.query())
+        self.events = Fanout(self.live, self.metrics, self.audit)
+        await asyncio.to_thread(self.requested.load)
+        self.monitor = DiskMonitor(self.registry, self.storage, self.events, self._on_damage)
         await self.monitor.baseline()
         self._disk_check = Debounced(loop, 0.3, self._spawn_disk_check)
         self._manifest_edit = Debounced(loop, 0.3, self._on_manifest_edit)
@@ -242,6 +255,8 @@ class Daemon:
             await self._api.cleanup()
         with contextlib.suppress(OSError):
             self.registry.save()
+        if getattr(self, "audit", None) is not None:
+            self.audit.close()
         self.lock.release()
 
     async def reload(self) -> None:
@@ -356,16 +371,17 @@ class Daemon:
         started = time.monotonic()
         try:
             self.manifest = await asyncio.to_thread(self._read_manifest)
-            if self.manifest is None:
+            wanted = await asyncio.to_thread(self._merged)
+            if wanted is None:
                 report.error = self.manifest_error
                 return
             only = None
             if request.ids is not None:
-                only = [i for i in request.ids if i in self.manifest.models]
+                only = [i for i in request.ids if i in wanted.models]
             deferred = {} if request.force else self.backoff.deferred()
             ctx = SourceContext(settings=self.settings, env=dict(os.environ))
             actions = await plan(
-                self.manifest,
+                wanted,
                 self.registry,
                 self.storage,
                 self.plugins,
@@ -377,12 +393,16 @@ class Daemon:
             changing = {a.model_id for a in actions if a.kind is not ActionKind.NOTHING}
             self.monitor.busy = changing
             try:
-                syncer = Syncer(self.settings, self.plugins, self.registry, self.storage, self.live)
-                report.outcomes = await syncer.apply(actions)
+                self._syncer = Syncer(
+                    self.settings, self.plugins, self.registry, self.storage, self.events
+                )
+                report.outcomes = await self._syncer.apply(actions)
             finally:
+                self._syncer = None
                 self.monitor.busy = set()
                 await self.monitor.baseline(sorted(changing))
                 self._disk_check.poke()
+            await self._forget_removed(report.outcomes)
             for o in report.outcomes:
                 if o.model_id in deferred and o.action is ActionKind.NOTHING:
                     continue
@@ -397,9 +417,71 @@ class Daemon:
         finally:
             report.finished_at = utc_now()
             report.duration_s = round(time.monotonic() - started, 3)
+            self.metrics.pass_seconds.observe(report.duration_s)
             self.current, self.last = None, report
             self.passes_completed = report.number
             self._log_pass(report)
+
+    def _merged(self) -> Manifest | None:
+        """The manifest with API requests under it: an id the manifest declares is its own."""
+        requested = self.requested.manifest(self.plugins.sources)
+        if self.manifest is None and not requested.models:
+            return None
+        base = self.manifest or Manifest(path=str(self.settings.manifest))
+        return Manifest(path=base.path, models={**requested.models, **base.models})
+
+    async def _forget_removed(self, outcomes: list[Outcome]) -> None:
+        """Drop `state: absent` requests once the pass has removed their model."""
+        done = [
+            o.model_id
+            for o in outcomes
+            if o.ok
+            and o.model_id in self.requested.specs
+            and self.requested.specs[o.model_id].get("state") == "absent"
+            and o.action in (ActionKind.REMOVE, ActionKind.NOTHING)
+        ]
+        if done:
+            for model_id in done:
+                del self.requested.specs[model_id]
+            await asyncio.to_thread(self.requested.save)
+
+    # -- API requests -----------------------------------------------------------
+
+    def requested_has(self, model_id: str) -> bool:
+        return model_id in self.requested.specs
+
+    async def add_request(self, model_id: str, spec: dict[str, Any]) -> None:
+        self.requested.specs[model_id] = spec
+        await asyncio.to_thread(self.requested.save)
+
+    async def remove_request(self, model_id: str) -> None:
+        """Mark a request absent (the next pass removes the files) and stop its download."""
+        self.requested.specs[model_id] = {**self.requested.specs[model_id], "state": "absent"}
+        await asyncio.to_thread(self.requested.save)
+        if self._syncer is not None and self._syncer.cancel(model_id):
+            log.info("%s: download cancelled (DELETE through the API)", model_id)
+
+    def cached_listing(self, key: tuple[str | None, str | None, str | None]) -> bytes:
+        """`GET /models` bodies, serialised once per registry change and filter."""
+        cached = self._listing.get(key)
+        if cached is not None and cached[0] == self.registry.generation:
+            return cached[1]
+        entries = [e.to_json() for e in self.registry.query(*key)]
+        body = json.dumps({"models": entries, "count": len(entries)}, default=str).encode()
+        if len(self._listing) > 64:
+            self._listing.clear()
+        self._listing[key] = (self.registry.generation, body)
+        return body
+
+    def model_status(self, entry: ModelEntry) -> dict[str, Any]:
+        progress = self.live.progress.get(entry.model_id)
+        return {
+            "model_id": entry.model_id,
+            "status": str(entry.status),
+            "error": entry.error,
+            "version": entry.version,
+            "progress": progress.to_json() if progress is not None else None,
+        }
 
     def _log_pass(self, report: PassReport) -> None:
         counts: dict[str, int] = {}

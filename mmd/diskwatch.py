@@ -18,10 +18,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from mmd.live import LiveState
 from mmd.plan import CUSTOM_SOURCE
 from mmd.registry import Registry, utc_now
 from mmd.storage import Storage, hash_file, list_files
+from mmd.sync import SyncEvents
 from mmd.types import FileEntry, ModelEntry, ModelStatus, ModelType
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,12 @@ class DiskMonitor:
         self,
         registry: Registry,
         storage: Storage,
-        live: LiveState,
+        events: SyncEvents,
         on_damage: Callable[[str], None],
     ) -> None:
         self.registry = registry
         self.storage = storage
-        self.live = live
+        self.events = events
         self.on_damage = on_damage
         self.busy: set[str] = set()
         self._stamps: dict[str, Stamps] = {}
@@ -176,9 +176,11 @@ class DiskMonitor:
             self._stamps[model_id] = fresh
             return
         log.warning("%s: %s; the next pass repairs it", model_id, problem)
+        if "mismatch" in problem or "changed size" in problem:
+            self.events.verify_failed(model_id, problem.split(" ")[0], problem)
         entry.status, entry.error = ModelStatus.ERROR, problem
         self.registry.save()
-        self.live.status(entry)
+        self.events.status(entry)
         self.on_damage(model_id)
 
     async def _check_custom(self) -> None:
@@ -195,7 +197,7 @@ class DiskMonitor:
                 entry.status, entry.files, entry.size_bytes = ModelStatus.DELETED, [], 0
                 self._stamps.pop(entry.model_id, None)
                 self.registry.save()
-                self.live.status(entry)
+                self.events.status(entry)
         for model_id, folder in found.items():
             await self._register_custom(model_id, folder)
 
@@ -243,4 +245,4 @@ class DiskMonitor:
         self._stamps[model_id] = fresh
         self.registry.put(new)
         self.registry.save()
-        self.live.status(new)
+        self.events.status(new)

@@ -107,3 +107,36 @@ class LiveState(SyncEvents):
         if counts[ModelStatus.PENDING]:
             text += f", {counts[ModelStatus.PENDING]} pending"
         return text + f", {counts[ModelStatus.ERROR]} error"
+
+
+class Fanout(SyncEvents):
+    """Hands every event of a pass to several observers (live state, metrics, audit)."""
+
+    def __init__(self, *observers: SyncEvents) -> None:
+        self.observers = list(observers)
+
+    def status(self, entry: ModelEntry) -> None:
+        for o in self.observers:
+            o.status(entry)
+
+    def file_started(self, model_id: str, path: str, total: int | None, done: int) -> None:
+        for o in self.observers:
+            o.file_started(model_id, path, total, done)
+
+    def file_progress(
+        self, model_id: str, path: str, done: int, total: int | None, rate: float
+    ) -> None:
+        for o in self.observers:
+            o.file_progress(model_id, path, done, total, rate)
+
+    def file_finished(self, model_id: str, path: str) -> None:
+        for o in self.observers:
+            o.file_finished(model_id, path)
+
+    def verify_failed(self, model_id: str, path: str, reason: str) -> None:
+        for o in self.observers:
+            o.verify_failed(model_id, path, reason)
+
+    def retried(self, model_id: str, path: str) -> None:
+        for o in self.observers:
+            o.retried(model_id, path)

@@ -46,6 +46,7 @@ class Registry:
     def __init__(self, path: Path, models: dict[str, ModelEntry] | None = None) -> None:
         self.path = path
         self.models: dict[str, ModelEntry] = models or {}
+        self.generation = 0  # bumped by every save: lets readers cache what they derive
 
     @classmethod
     def read(cls, path: Path) -> Registry:
@@ -144,6 +145,7 @@ class Registry:
         }
 
     def save(self) -> None:
+        self.generation += 1
         # default=str: a plugin's metadata may hold values JSON cannot (dates, paths).
         data = json.dumps(self.to_json(), indent=1, default=str)
         atomic_write(self.path, data.encode() + b"\n")

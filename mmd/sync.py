@@ -65,6 +65,10 @@ class SyncEvents:
 
     def file_finished(self, model_id: str, path: str) -> None: ...
 
+    def verify_failed(self, model_id: str, path: str, reason: str) -> None: ...
+
+    def retried(self, model_id: str, path: str) -> None: ...
+
 
 @dataclass
 class Outcome:
@@ -93,6 +97,17 @@ class Syncer:
         self.ctx = SourceContext(settings=settings, env=dict(os.environ))
         self.slots = asyncio.Semaphore(settings.max_concurrent_downloads)
         self._session: aiohttp.ClientSession | None = None
+        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._cancelled: set[str] = set()
+
+    def cancel(self, model_id: str) -> bool:
+        """Stop one model's work in this pass (its .part files are kept); False if idle."""
+        task = self._running.get(model_id)
+        if task is None or task.done():
+            return False
+        self._cancelled.add(model_id)
+        task.cancel()
+        return True
 
     @property
     def transfer(self) -> TransferOptions:
@@ -114,16 +129,37 @@ class Syncer:
             async with new_session(self.transfer, limit=limit) as session:
                 self._session = session
                 try:
-                    outcomes = await asyncio.gather(*(self._one(a) for a in actions))
+                    outcomes = await self._gather(actions)
                 finally:
                     self._session = None
         else:
-            outcomes = await asyncio.gather(*(self._one(a) for a in actions))
+            outcomes = await self._gather(actions)
         await asyncio.to_thread(self.storage.empty_trash)
-        return list(outcomes)
+        return outcomes
+
+    async def _gather(self, actions: list[Action]) -> list[Outcome]:
+        tasks = [asyncio.ensure_future(self._one(a)) for a in actions]
+        self._running = {a.model_id: t for a, t in zip(actions, tasks, strict=True)}
+        try:
+            # return_exceptions: one model cancelled through cancel() is an outcome, not
+            # the end of the pass. Cancelling the pass itself still cancels every task.
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._running = {}
+        outcomes: list[Outcome] = []
+        for action, result in zip(actions, results, strict=True):
+            if isinstance(result, Outcome):
+                outcomes.append(result)
+            elif isinstance(result, asyncio.CancelledError):
+                outcomes.append(Outcome(action.model_id, action.kind, False, "cancelled"))
+            else:
+                raise result
+        return outcomes
 
     async def _one(self, action: Action) -> Outcome:
         try:
+            if action.model_id in self._cancelled:
+                raise asyncio.CancelledError
             if action.kind in (ActionKind.FETCH, ActionKind.UPDATE):
                 message = await self._install(action)
             elif action.kind is ActionKind.REMOVE:
@@ -356,9 +392,16 @@ class Syncer:
                         part,
                         self.transfer,
                         lambda d, t, r: self.events.file_progress(mid, file.path, d, t, r),
+                        on_retry=lambda: self.events.retried(mid, file.path),
                     )
                 # Always checked: the hash is computed while writing, so it costs nothing.
-                digest = await asyncio.to_thread(part.finish, file.sha256, file.size, file.git_sha1)
+                try:
+                    digest = await asyncio.to_thread(
+                        part.finish, file.sha256, file.size, file.git_sha1
+                    )
+                except ChecksumError as exc:
+                    self.events.verify_failed(mid, file.path, str(exc))
+                    raise
             finally:
                 await asyncio.to_thread(part.close)
             mark_done(stage, done, file.path, part.offset, digest)

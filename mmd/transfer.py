@@ -127,8 +127,16 @@ async def download(
     part: PartFile,
     options: TransferOptions,
     progress: Progress | None = None,
+    on_retry: Callable[[], None] | None = None,
 ) -> None:
     """Fill `part` with the bytes of `file.url`, resuming what is already there."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else "?"
+        log.info("%s: retrying after %s", file.path, error)
+        if on_retry is not None:
+            on_retry()
+
     if not file.url:
         raise DownloadError(f"{file.path}: the source gave no URL", retryable=False)
     attempts = _Attempts(options.retry)
@@ -138,9 +146,7 @@ async def download(
         wait=attempts.wait,
         sleep=asyncio.sleep,
         reraise=True,
-        before_sleep=lambda s: log.info(
-            "%s: retrying after %s", file.path, s.outcome.exception() if s.outcome else "?"
-        ),
+        before_sleep=before_sleep,
     )
     try:
         async for attempt in retrying:

@@ -315,7 +315,7 @@ def test_unknown_api_key_in_file(tmp_path: Path, base: dict[str, str]) -> None:
 def test_api_not_a_mapping(tmp_path: Path, base: dict[str, str]) -> None:
     config = write(tmp_path / "config.yaml", "api: 8005\n")
     assert str(error(config=str(config), env=base)) == (
-        f"{config}:1:1: api: expected a mapping (host, port, token_file)"
+        f"{config}:1:1: api: expected a mapping (host, port, token_file, allow_link_local)"
     )
 
 
