@@ -191,8 +191,8 @@ class Daemon:
         self.lock.announce(self.api_url)
 
         self.watchers = Watchers(loop)
-        self.watchers.watch_manifest(self.settings.manifest, self._manifest_edit.poke)
-        self.watchers.watch_storage(self.storage.root, _ignored, self._on_storage_event)
+        self._start_watches()
+        self._watch_thread_deaths(loop)
         self._start_scheduler()
         self._runner = asyncio.create_task(self._run_passes(), name="passes")
         self._tasks.append(asyncio.create_task(self._tick(), name="status"))
@@ -211,6 +211,45 @@ class Daemon:
             self.api_url,
             self.settings.schedule.describe(),
         )
+
+    def _start_watches(self) -> None:
+        self.watchers.watch_manifest(self.settings.manifest, self._manifest_edit.poke)
+        self.watchers.watch_storage(self.storage.root, _ignored, self._on_storage_event)
+
+    def _watch_thread_deaths(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Restart the file watches when one of watchdog's threads dies.
+
+        watchdog 7's inotify reader can die on a KeyError after a folder that held a
+        watch is exchanged (renameat2) and then deleted, which is how a repaired or
+        updated model is switched in. Without this, the watch would go silent until the
+        periodic rescan.
+        """
+        previous = threading.excepthook
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            name = args.thread.name if args.thread is not None else "?"
+            log.warning(
+                "file watch thread %s died (%s: %s); restarting the watches",
+                name,
+                args.exc_type.__name__,
+                args.exc_value,
+            )
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._restart_watches)
+
+        threading.excepthook = hook
+        self._restore_excepthook = previous
+
+    def _restart_watches(self) -> None:
+        if self._stop.is_set():
+            return
+
+        async def restart() -> None:
+            await asyncio.to_thread(self.watchers.stop)
+            self._start_watches()
+            await self._on_rescan()  # whatever happened while nobody watched
+
+        self._tasks.append(asyncio.create_task(restart()))
 
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
@@ -243,6 +282,8 @@ class Daemon:
             self._scheduler.shutdown(wait=False)
         if getattr(self, "watchers", None) is not None:
             await asyncio.to_thread(self.watchers.stop)
+        if getattr(self, "_restore_excepthook", None) is not None:
+            threading.excepthook = self._restore_excepthook
         tasks = [t for t in [self._runner, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()

@@ -67,5 +67,7 @@ def setup_logging(verbose: bool, *, daemon: bool = False) -> None:
     logging.getLogger("mmd").setLevel(logging.DEBUG if verbose else logging.INFO)
     # APScheduler logs every job run at INFO; the daemon logs its passes itself.
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    # watchdog logs every inotify event at DEBUG: thousands of lines per download.
-    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    # watchdog logs every inotify event at DEBUG (thousands of lines per download), and an
+    # ERROR for events still queued when the daemon stops. A watch thread that really dies
+    # is reported by the daemon itself (threading.excepthook) and restarted.
+    logging.getLogger("watchdog").setLevel(logging.CRITICAL)

@@ -193,6 +193,14 @@ def test_deleted_or_changed_file_is_noticed_and_repaired(
     wait_for(lambda: target.read_bytes() == data, 10, "the changed file to be repaired")
     wait_for(lambda: status_of(home, "m") == "available", 10, "available again")
     assert "m.bin changed on disk (sha256 mismatch)" in d.log
+
+    # Every repair switches a folder in with renameat2: the watch must survive them all.
+    for _ in range(3):
+        before = len(gets(fileserver, "m.bin"))
+        target.unlink()
+        wait_for(lambda: len(gets(fileserver, "m.bin")) > before, 10, "another repair")
+        wait_for(lambda: target.is_file() and status_of(home, "m") == "available", 10, "whole")
+    assert target.read_bytes() == data
     assert d.stop() == 0
 
 
