@@ -183,14 +183,18 @@ async def events(request: web.Request) -> web.StreamResponse:
         queue.put_nowait((kind, payload))
 
     daemon.live.listeners.append(listener)
+    idle = 0
     try:
         await response.write(b": mmd events\n\n")
-        while True:
+        while not daemon.stopping:
             try:
-                kind, payload = await asyncio.wait_for(queue.get(), timeout=15)
+                kind, payload = await asyncio.wait_for(queue.get(), timeout=1.0)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+                idle += 1
+                if idle % 15 == 0:  # a comment line keeps proxies from closing the stream
+                    await response.write(b": keep-alive\n\n")
                 continue
+            idle = 0
             data = json.dumps(payload, default=str)
             await response.write(f"event: {kind}\ndata: {data}\n\n".encode())
     except (ConnectionResetError, asyncio.CancelledError):
@@ -322,7 +326,10 @@ def create_app(daemon: Daemon) -> web.Application:
 
 async def start_api(daemon: Daemon, settings: Settings) -> tuple[web.AppRunner, str]:
     """Listen on the configured address; returns the runner and the URL it serves."""
-    runner = web.AppRunner(create_app(daemon), access_log=None, handle_signals=False)
+    # Open event streams end when the daemon stops; nothing else may hold the stop up.
+    runner = web.AppRunner(
+        create_app(daemon), access_log=None, handle_signals=False, shutdown_timeout=2.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
     try:

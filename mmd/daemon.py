@@ -138,6 +138,10 @@ class Daemon:
         self._wanted.set()
         return self.passes_started + 1
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self, reason: str) -> None:
         if not self._stop.is_set():
             self._stop_reason = reason

@@ -198,7 +198,7 @@ def test_deleted_or_changed_file_is_noticed_and_repaired(
     for _ in range(3):
         before = len(gets(fileserver, "m.bin"))
         target.unlink()
-        wait_for(lambda: len(gets(fileserver, "m.bin")) > before, 10, "another repair")
+        wait_for(lambda n=before: len(gets(fileserver, "m.bin")) > n, 10, "another repair")
         wait_for(lambda: target.is_file() and status_of(home, "m") == "available", 10, "whole")
     assert target.read_bytes() == data
     assert d.stop() == 0
