@@ -88,12 +88,25 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     # rebound to 127.0.0.1 still sends its own name. Beyond loopback a token is required.
     if is_loopback(settings.api_host) and host not in _LOCAL_NAMES | {settings.api_host}:
         return error(421, "unknown Host header", "use the address the daemon listens on")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and _cross_site(request, settings):
+        # A page in a browser may POST to 127.0.0.1 with a "simple" request; refuse it.
+        return error(403, "cross-site request refused", "call the API from a client")
     if request.method not in ("GET", "HEAD", "OPTIONS") and settings.api_token is not None:
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {settings.api_token.reveal()}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
             return error(401, "missing or wrong API token", "send Authorization: Bearer <token>")
     return await handler(request)
+
+
+def _cross_site(request: web.Request, settings: Settings) -> bool:
+    if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    host = (urlsplit(origin).hostname or "").lower()
+    return host not in _LOCAL_NAMES | {settings.api_host.lower().strip("[]")}
 
 
 async def _json_body(request: web.Request) -> Any:

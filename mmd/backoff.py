@@ -25,7 +25,7 @@ class RetryBackoff:
 
     def delay(self, failures: int) -> float:
         """Full jitter over [base/2, base]: spread out, but never much sooner than asked."""
-        base = min(self.maximum, self.initial * 2 ** max(0, failures - 1))
+        base = min(self.maximum, self.initial * 2 ** min(max(0, failures - 1), 40))
         return random.uniform(base / 2, base)
 
     def failed(self, model_id: str, now: float | None = None) -> float:

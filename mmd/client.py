@@ -60,8 +60,13 @@ class DaemonClient:
         )
         while True:
             passes = self.call("GET", "/healthz")["passes"]
-            last = passes.get("last")
-            if passes["completed"] >= number and last is not None:
+            mine = [r for r in passes.get("recent") or [] if r["number"] == number]
+            if mine:
+                last = mine[0]
+                break
+            if passes["completed"] >= number:
+                # Ours scrolled out of the recent list: every pass since covered our ids.
+                last = passes["last"]
                 break
             time.sleep(self.poll_s)
         if last["error"]:

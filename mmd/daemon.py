@@ -10,6 +10,7 @@ are merged into the next one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -117,6 +118,8 @@ class Daemon:
         self.passes_completed = 0
         self.current: PassReport | None = None
         self.last: PassReport | None = None
+        # The last few reports, so `mmd sync` finds its own pass even when others follow.
+        self.recent: collections.deque[PassReport] = collections.deque(maxlen=16)
         self._pending: PassRequest | None = None
         self._wanted = asyncio.Event()
         self._stop = asyncio.Event()
@@ -284,10 +287,6 @@ class Daemon:
             loop.remove_signal_handler(sig)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
-        if getattr(self, "watchers", None) is not None:
-            await asyncio.to_thread(self.watchers.stop)
-        if getattr(self, "_restore_excepthook", None) is not None:
-            threading.excepthook = self._restore_excepthook
         tasks = [t for t in [self._runner, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()
@@ -296,6 +295,11 @@ class Daemon:
             _, late = await asyncio.wait(tasks, timeout=STOP_BUDGET_S)
             if late:
                 log.warning("%d tasks did not stop in time", len(late))
+        if getattr(self, "watchers", None) is not None:
+            # Not through the default thread pool: stuck metadata calls may fill it.
+            self.watchers.stop(join=False)
+        if getattr(self, "_restore_excepthook", None) is not None:
+            threading.excepthook = self._restore_excepthook
         if self._api is not None:
             await self._api.cleanup()
         with contextlib.suppress(OSError):
@@ -310,6 +314,7 @@ class Daemon:
         log.info("reloading config and manifest (SIGHUP)")
         try:
             new = await asyncio.to_thread(self.reload_settings)
+            check_bind(dataclasses.replace(new, api_host=self.settings.api_host))
         except MmdError as exc:
             log.error("config not reloaded, keeping the running one: %s", exc)
         else:
@@ -464,6 +469,7 @@ class Daemon:
             report.duration_s = round(time.monotonic() - started, 3)
             self.metrics.pass_seconds.observe(report.duration_s)
             self.current, self.last = None, report
+            self.recent.append(report)
             self.passes_completed = report.number
             self._log_pass(report)
 
@@ -594,6 +600,7 @@ class Daemon:
                 "completed": self.passes_completed,
                 "running": self.current.to_json() if self.current else None,
                 "last": self.last.to_json() if self.last else None,
+                "recent": [r.to_json() for r in self.recent],
             },
         }
 

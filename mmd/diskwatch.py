@@ -199,7 +199,10 @@ class DiskMonitor:
                 self.registry.save()
                 self.events.status(entry)
         for model_id, folder in found.items():
-            await self._register_custom(model_id, folder)
+            try:
+                await self._register_custom(model_id, folder)
+            except OSError as exc:  # one unreadable folder must not hide the others
+                log.warning("custom/%s: not registered: %s", model_id, exc.strerror or exc)
 
     async def _register_custom(self, model_id: str, folder: Path) -> None:
         entry = self.registry.get(model_id)

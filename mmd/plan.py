@@ -100,6 +100,13 @@ def _present_action(
 
     if entry is None or entry.status is ModelStatus.DELETED:
         return act(ActionKind.FETCH, "not in storage")
+    if entry.source == CUSTOM_SOURCE and spec.source != CUSTOM_SOURCE:
+        # Replacing it would delete a folder someone dropped in by hand.
+        return act(
+            ActionKind.ERROR,
+            f"id {spec.model_id!r} is taken by the hand-made folder custom/{spec.model_id}; "
+            "rename one of them",
+        )
     if entry.source != spec.source:
         # An update: the copy from the old source stays available until the new one is in.
         kind = ActionKind.UPDATE if entry.status is ModelStatus.AVAILABLE else ActionKind.FETCH
@@ -185,6 +192,9 @@ async def plan(
             if entry is not None and pinned is not None and pinned == entry.version:
                 reason = f"up to date at {pinned} (pinned)"
                 return Action(ActionKind.NOTHING, spec.model_id, spec.source, reason, spec)
+        if spec.state is State.ABSENT and entry is not None and entry.source == CUSTOM_SOURCE:
+            reason = "state: absent ignored: mmd never deletes folders in custom/"
+            return Action(ActionKind.NOTHING, spec.model_id, CUSTOM_SOURCE, reason, spec)
         if spec.state is State.ABSENT:
             where = entry.source if entry else spec.source
             on_disk = storage.model_dir(where, spec.model_id).exists()

@@ -165,6 +165,8 @@ class Storage:
         return target
 
     def remove_model(self, source: str, model_id: str) -> None:
+        if source == "custom":  # dropped in by hand: never deleted by mmd
+            raise UnsafePathError(f"refusing to delete custom/{model_id}: mmd did not create it")
         target = self.model_dir(source, model_id)
         self.discard(target)
         # Drop an organisation folder left empty, as `rmdir` would.

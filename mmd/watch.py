@@ -127,9 +127,10 @@ class Watchers:
 
         self._start("storage", root, _StorageHandler(str(root), ignore, hand_over), recursive=True)
 
-    def stop(self, key: str | None = None) -> None:
+    def stop(self, key: str | None = None, *, join: bool = True) -> None:
         for name in [key] if key else list(self._observers):
             observer = self._observers.pop(name, None) if name else None
             if observer is not None:
                 observer.stop()
-                observer.join(timeout=2)
+                if join:
+                    observer.join(timeout=2)

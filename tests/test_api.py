@@ -54,6 +54,12 @@ class Api:
                 data = text
             return response.status, data, response
 
+    async def daemon_pass(self, number: int, timeout: float = 15.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.daemon.passes_completed < number:
+            assert asyncio.get_running_loop().time() < deadline, f"pass {number}"
+            await asyncio.sleep(0.05)
+
     async def wait_status(self, model_id: str, status: str, timeout: float = 15.0) -> dict:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -380,3 +386,39 @@ async def test_events_stream_status_and_progress_during_a_download(
     assert 0 < progress[0]["bytes_done"] < len(data)
     # At most one progress event a second: the stall of 2.5 s cannot produce many.
     assert len(progress) <= 5
+
+
+async def test_cross_site_posts_from_a_browser_are_refused(api: Api) -> None:
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        code, answer, _ = await api.call("POST", "/sync", {}, headers=headers)
+        assert code == 403 and answer["error"] == "cross-site request refused"
+    code, _, _ = await api.call("POST", "/sync", {}, headers={"Origin": "http://localhost:8005"})
+    assert code == 202
+
+
+async def test_a_custom_folder_is_never_replaced_or_removed_by_the_manifest(
+    home: Home, fileserver: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = payload(300)
+    url = fileserver.add("c.bin", data)
+    async with _daemon(home, monkeypatch) as api:
+        folder = home.storage / "custom/mine"
+        folder.mkdir(parents=True)
+        (folder / "w.txt").write_text("hand made")
+        await api.wait_status("mine", "available")
+        save = home.manifest.with_name("next.yaml")
+        save.write_text(f"models:\n  mine:\n    source: http\n    url: {url}\n")
+        save.replace(home.manifest)
+        for _ in range(40):
+            code, status, _ = await api.call("GET", "/models/mine/status")
+            if status["error"]:
+                break
+            await asyncio.sleep(0.05)
+        assert "taken by the hand-made folder custom/mine" in status["error"]
+        assert (folder / "w.txt").read_text() == "hand made"
+        home.manifest.write_text("models:\n  mine:\n    source: http\n    state: absent\n")
+        code, body, _ = await api.call("POST", "/sync", {})
+        assert code == 202
+        await api.daemon_pass(body["pass"])
+        assert api.daemon.manifest_error is None
+        assert (folder / "w.txt").read_text() == "hand made"

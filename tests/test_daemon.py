@@ -443,3 +443,17 @@ def test_journald_lines_carry_priority_and_no_timestamp(home: Home, tmp_path: Pa
     assert any(line.startswith("<6>mmd.daemon: mmd ") for line in lines)
     assert any(line.startswith("<3>") and ": x:" in line for line in lines)
     assert not any(line[:4].isdigit() for line in lines)  # journald adds the time
+
+
+def test_backoff_doubles_with_jitter_and_stays_capped() -> None:
+    from mmd.backoff import RetryBackoff
+
+    backoff = RetryBackoff(initial=60, maximum=3600)
+    assert 30 <= backoff.delay(1) <= 60
+    assert 60 <= backoff.delay(2) <= 120
+    assert all(1800 <= backoff.delay(n) <= 3600 for n in (7, 100, 1025, 10**6))
+    for _ in range(1100):  # a model broken for months must not overflow the maths
+        backoff.failed("m", now=0.0)
+    assert backoff.deferred(now=0.0)["m"].startswith("failed 1100 times; next retry in")
+    backoff.succeeded("m")
+    assert backoff.deferred(now=0.0) == {}
