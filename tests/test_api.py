@@ -236,6 +236,7 @@ async def test_requests_survive_a_restart(
         await api.wait_status("keep", "available")
     (home.storage / "http/keep/k.bin").unlink()
     async with _daemon(home, monkeypatch) as api:
+        await api.daemon_pass(1)  # the start pass reads requested.yaml and repairs the file
         await api.wait_status("keep", "available")
         assert (home.storage / "http/keep/k.bin").read_bytes() == data
 
