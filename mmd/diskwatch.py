@@ -117,6 +117,13 @@ class DiskMonitor:
             self._custom_dirty = True
         elif (model_id := self.owner(rel)) is not None:
             self._dirty.add(model_id)
+        elif len(parts := rel.split("/")) == 2:
+            # An organisation folder moved or deleted whole: every model below it.
+            self._dirty.update(
+                e.model_id
+                for e in self.registry.models.values()
+                if e.source == parts[0] and e.model_id.split("/")[0] == parts[1]
+            )
 
     def pending_outside(self, busy: set[str]) -> bool:
         """Work left that a check could do now (models a pass is changing must wait)."""

@@ -8,15 +8,26 @@ the storage watch only names paths to re-check; a periodic rescan covers what is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +37,19 @@ warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning, "watchdog"
 
 # Reading a file (ours included) raises opened/closed-no-write events: they change nothing.
 _CHANGES = {"created", "modified", "moved", "deleted", "closed"}
+# Asked of inotify itself, so opens, reads and each written chunk never reach watchdog: a
+# file rewritten in place still ends with a close-after-write. Without this, re-walking
+# thousands of folders after a queue overflow overflows the queue again, for ever.
+_STORAGE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
+_ROOT_EVENTS: list[type[FileSystemEvent]] = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
 
 def _paths(event: FileSystemEvent) -> list[str]:
@@ -112,7 +136,8 @@ class Watchers:
         def hand_over() -> None:
             self.loop.call_soon_threadsafe(on_change)
 
-        handler = _ManifestHandler({manifest.name}, hand_over)
+        # `..data`: a Kubernetes ConfigMap volume swaps a symlink of that name.
+        handler = _ManifestHandler({manifest.name, "..data"}, hand_over)
         folder = manifest.absolute().parent
         if folder.is_dir():
             self._start("manifest", folder, handler, recursive=False)
@@ -122,10 +147,58 @@ class Watchers:
     def watch_storage(
         self, root: Path, ignore: Callable[[str], bool], on_path: Callable[[str], None]
     ) -> None:
-        def hand_over(rel: str) -> None:
-            self.loop.call_soon_threadsafe(on_path, rel)
+        """Watch each top-level folder of storage recursively, except the ignored ones.
 
-        self._start("storage", root, _StorageHandler(str(root), ignore, hand_over), recursive=True)
+        `cache/` is never watched: every downloaded chunk would be an event, and a stage
+        exchanged with a watched model folder confuses watchdog's inotify bookkeeping.
+        The root itself is watched flat, to pick up a new source folder (or `custom/`).
+        """
+        self.stop("storage")
+        observer = Observer()
+        observer.daemon = True
+        handler = _StorageHandler(str(root), ignore, lambda rel: self._hand_over(on_path, rel))
+        tops: dict[str, ObservedWatch] = {}
+
+        def add(name: str) -> None:
+            folder = root / name
+            if name in tops or ignore(name) or folder.is_symlink() or not folder.is_dir():
+                return
+            try:
+                tops[name] = observer.schedule(
+                    handler, str(folder), recursive=True, event_filter=_STORAGE_EVENTS
+                )
+            except OSError as exc:
+                log.warning("cannot watch %s (%s); relying on the periodic rescan", folder, exc)
+
+        def top_changed(name: str) -> None:
+            # On the loop thread: scheduling from watchdog's own thread could deadlock.
+            watch = tops.pop(name, None)
+            if watch is not None:
+                with contextlib.suppress(KeyError, RuntimeError):
+                    observer.unschedule(watch)
+            add(name)
+            on_path(name)
+
+        def at_root(rel: str) -> None:
+            self.loop.call_soon_threadsafe(top_changed, rel)
+
+        try:
+            observer.schedule(
+                _StorageHandler(str(root), ignore, at_root),
+                str(root),
+                recursive=False,
+                event_filter=_ROOT_EVENTS,
+            )
+            for child in sorted(root.iterdir()):
+                add(child.name)
+            observer.start()
+        except OSError as exc:
+            log.warning("cannot watch %s (%s); relying on the periodic rescan", root, exc)
+            return
+        self._observers["storage"] = observer
+
+    def _hand_over(self, on_path: Callable[[str], None], rel: str) -> None:
+        self.loop.call_soon_threadsafe(on_path, rel)
 
     def stop(self, key: str | None = None, *, join: bool = True) -> None:
         for name in [key] if key else list(self._observers):

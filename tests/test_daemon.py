@@ -457,3 +457,20 @@ def test_backoff_doubles_with_jitter_and_stays_capped() -> None:
     assert backoff.deferred(now=0.0)["m"].startswith("failed 1100 times; next retry in")
     backoff.succeeded("m")
     assert backoff.deferred(now=0.0) == {}
+
+
+def test_an_organisation_folder_moved_away_is_noticed(
+    home: Home, fileserver: FileServer, daemon: Callable[..., Daemon]
+) -> None:
+    data = payload(3000)
+    url = fileserver.add("o.bin", data)
+    home.write_manifest("models:\n" + http_model("org/m", url, data))
+    d = daemon()
+    d.wait_pass(1)
+    fetched = len(gets(fileserver, "o.bin"))
+    os.rename(home.storage / "http/org", home.root / "moved-org")
+    wait_for(lambda: len(gets(fileserver, "o.bin")) > fetched, 10, "the repair download")
+    wait_for(lambda: status_of(home, "org/m") == "available", 10, "available again")
+    assert (home.storage / "http/org/m/o.bin").read_bytes() == data
+    assert "org/m: its folder is missing" in d.log or "org/m: o.bin is missing" in d.log
+    assert d.stop() == 0
