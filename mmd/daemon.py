@@ -13,7 +13,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -517,8 +516,9 @@ class Daemon:
         cached = self._listing.get(key)
         if cached is not None and cached[0] == self.registry.generation:
             return cached[1]
-        entries = [e.to_json() for e in self.registry.query(*key)]
-        body = json.dumps({"models": entries, "count": len(entries)}, default=str).encode()
+        entries = self.registry.query(*key)
+        listed = b", ".join(self.registry.encoded(e) for e in entries)
+        body = b'{"models": [' + listed + b'], "count": ' + str(len(entries)).encode() + b"}"
         if len(self._listing) > 64:
             self._listing.clear()
         self._listing[key] = (self.registry.generation, body)

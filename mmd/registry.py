@@ -47,6 +47,8 @@ class Registry:
         self.path = path
         self.models: dict[str, ModelEntry] = models or {}
         self.generation = 0  # bumped by every save: lets readers cache what they derive
+        # model id -> (entry, its revision, its JSON): only changed entries are encoded again.
+        self._encoded: dict[str, tuple[ModelEntry, int, bytes]] = {}
 
     @classmethod
     def read(cls, path: Path) -> Registry:
@@ -144,11 +146,28 @@ class Registry:
             "models": {k: v.to_json() for k, v in sorted(self.models.items())},
         }
 
-    def save(self) -> None:
-        self.generation += 1
+    def encoded(self, entry: ModelEntry) -> bytes:
+        """The entry as JSON, encoded again only when it changed since last time."""
+        cached = self._encoded.get(entry.model_id)
+        if cached is not None and cached[0] is entry and cached[1] == entry.revision:
+            return cached[2]
         # default=str: a plugin's metadata may hold values JSON cannot (dates, paths).
-        data = json.dumps(self.to_json(), indent=1, default=str)
-        atomic_write(self.path, data.encode() + b"\n")
+        data = json.dumps(entry.to_json(), default=str).encode()
+        self._encoded[entry.model_id] = (entry, entry.revision, data)
+        return data
+
+    def save(self) -> None:
+        """Write the whole file atomically; one model per line, so diffs stay readable."""
+        self.generation += 1
+        for gone in self._encoded.keys() - self.models.keys():
+            del self._encoded[gone]
+        head = json.dumps({"schema_version": SCHEMA_VERSION, "updated_at": utc_now()})
+        lines = b",\n ".join(
+            json.dumps(model_id).encode() + b": " + self.encoded(entry)
+            for model_id, entry in sorted(self.models.items())
+        )
+        body = head[:-1].encode() + b', "models": {\n ' + lines + b"\n}}\n"
+        atomic_write(self.path, body)
 
     def get(self, model_id: str) -> ModelEntry | None:
         return self.models.get(model_id)

@@ -99,11 +99,13 @@ class Syncer:
         self._session: aiohttp.ClientSession | None = None
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._cancelled: set[str] = set()
+        self._switched_in: set[str] = set()
 
     def cancel(self, model_id: str) -> bool:
         """Stop one model's work in this pass (its .part files are kept); False if idle."""
         task = self._running.get(model_id)
-        if task is None or task.done():
+        if task is None or task.done() or model_id in self._switched_in:
+            # Already switched in: only cleanup is left, and a later pass removes it whole.
             return False
         self._cancelled.add(model_id)
         task.cancel()
@@ -313,6 +315,7 @@ class Syncer:
         # promoted files, and reuses them instead of downloading again.
         self.registry.put(entry)
         self.registry.save()
+        self._switched_in.add(spec.model_id)
         self.events.status(entry)
         for old in [*siblings, stage]:
             await asyncio.to_thread(self._drop_stage, old)

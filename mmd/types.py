@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -130,10 +130,32 @@ class ModelEntry:
     # `include` or `filename` is an update even when the remote version is the same.
     spec_digest: str | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        # A revision per assignment lets the registry re-serialise only changed entries.
+        object.__setattr__(self, "_revision", getattr(self, "_revision", 0) + 1)
+
+    @property
+    def revision(self) -> int:
+        return int(getattr(self, "_revision", 0))
+
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = str(self.status)
-        return data
+        # By hand rather than dataclasses.asdict, whose deep copy dominated saving a
+        # registry of 10,000 entries.
+        return {
+            "model_id": self.model_id,
+            "source": self.source,
+            "model_type": self.model_type,
+            "path": self.path,
+            "status": str(self.status),
+            "version": self.version,
+            "size_bytes": self.size_bytes,
+            "download_date": self.download_date,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "error": self.error,
+            "metadata": self.metadata,
+            "spec_digest": self.spec_digest,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelEntry:
