@@ -12,7 +12,7 @@ belong to the core.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -61,6 +61,10 @@ class Sink(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def reset(self) -> None: ...
+
+    def existing(self) -> Iterator[bytes]:
+        """The bytes already there (before `offset`), for a source's own digest check."""
+        ...
 
 
 ResolveFn = Callable[[ModelSpec, SourceContext], Release]

@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,3 +153,15 @@ class SourceSink:
 
     def reset(self) -> None:
         self.part.reset()
+
+    def existing(self, chunk: int = 8 << 20) -> Iterator[bytes]:
+        """The bytes already in the sink (before `offset`), read back from disk.
+
+        For sources that check a digest of their own (an S3 multipart ETag) across a
+        resumed fetch.
+        """
+        with open(self.part.part, "rb") as fh:
+            left = self.part.offset
+            while left > 0 and (data := fh.read(min(chunk, left))):
+                left -= len(data)
+                yield data
