@@ -33,7 +33,7 @@ Everything runs on 127.0.0.1 in a temp dir.
    the SSE stream says ``available``; every sample from the POST to then counts. Repeated
    with new ids until both sample counts are reached (at most ``--max-latency-downloads``).
    Same targets.
-3. Download rate without and with API load, ``--runs`` (3) pairs, the order alternating
+3. Download rate without and with API load, ``--runs`` (5) pairs, the order alternating
    (none/load, load/none, ...): the time from the SSE ``downloading`` event to ``available``
    (transfer, sha256 check, fsync, switch-in and the registry save) gives MB/s; the status
    is also polled at 5 Hz for the progress' ``rate_bps`` (the transfer alone, shown as
@@ -42,11 +42,17 @@ Everything runs on 127.0.0.1 in a temp dir.
    ``GET /models``, the others ``GET /models/{id}/status`` of random ids; up to 32
    connections, so a slow answer does not hold the pace). Target: median drop < 10 %.
 
+Info lines add the daemon's CPU while idle (measured for ``--idle-cpu-seconds`` just before
+step 1: a daemon busy while nothing happens shares the GIL and the cores with its API), the
+time of the first ``GET /models`` after a registry change (it rebuilds the cached body), the
+load's own latencies, and the CPU seconds of the daemon, the file server and the bench
+during each rate run.
+
 Prints per-run lines, then a table (measured, target, PASS/FAIL) and info lines. Exits 1 if
 any target FAILs (or on errors), 0 otherwise. The daemon, the file server and the temp dir
-are removed on exit, Ctrl-C and SIGTERM. About 3 minutes with the defaults on a 2-vCPU VM.
+are removed on exit, Ctrl-C and SIGTERM. About 1.5 minutes with the defaults on a 2-vCPU VM.
 
-    python bench/api.py [--models 10000] [--size-mib 1024] [--runs 3] [--load-rate 100]
+    python bench/api.py [--models 10000] [--size-mib 1024] [--runs 5] [--load-rate 100]
                         [--list-requests 200] [--status-requests 2000] [--tmpdir DIR]
                         [--keep-log]
 
@@ -579,6 +585,20 @@ async def measure(
 
         # -- 1. idle latency
         await api.wait_quiet()
+        await asyncio.sleep(args.settle)
+        cpu0, t0 = proc_cpu(daemon.pid), time.perf_counter()
+        await asyncio.sleep(args.idle_cpu_seconds)
+        idle_pct = 100 * (proc_cpu(daemon.pid) - cpu0) / (time.perf_counter() - t0)
+        info.append(
+            f"daemon CPU while idle ({args.idle_cpu_seconds:.0f}s before the idle latency "
+            f"phase): {idle_pct:.1f} % of a core"
+        )
+        if idle_pct > 10:
+            info.append(
+                "the daemon is busy while nothing happens: its latencies below share the GIL "
+                "and the CPU with that work (py-spy dump --pid PID shows where it is)"
+            )
+        print(f"daemon CPU while idle: {idle_pct:.1f} % of a core", flush=True)
         cold = await api.get(api.seq, "list")  # the first after a registry change builds it
         for _ in range(args.warmup):
             await api.get(api.seq, "list")
@@ -751,7 +771,10 @@ def bench(args: argparse.Namespace) -> int:
             "sha256": sha,
             "size": size,
         }
-        results = asyncio.run(measure(args, daemon, server.pid, token, ids, spec))
+        try:
+            results = asyncio.run(measure(args, daemon, server.pid, token, ids, spec))
+        except aiohttp.ClientError as exc:
+            raise RuntimeError(f"API request failed: {exc!r}\n{daemon.log_tail()}") from None
 
         stop_s, code = daemon.stop()
         if code != 0:
@@ -875,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=int, default=10000, help="registry entries (10000)")
     parser.add_argument("--size-mib", type=int, default=1024, help="download size, MiB (1024)")
-    parser.add_argument("--runs", type=int, default=3, help="pairs of rate runs (3)")
+    parser.add_argument("--runs", type=int, default=5, help="pairs of rate runs (5)")
     parser.add_argument("--load-rate", type=float, default=100.0, help="API load, req/s (100)")
     parser.add_argument(
         "--load-list-every", type=int, default=10, help="every Nth load request lists (10)"
@@ -897,6 +920,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--settle", type=float, default=1.0, help="idle seconds before each rate run (1)"
+    )
+    parser.add_argument(
+        "--idle-cpu-seconds",
+        type=float,
+        default=3.0,
+        help="window for the daemon's idle CPU, shown as info (3)",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed (1)")
     parser.add_argument("--tmpdir", help="where to put the temp dir (default: system temp)")
