@@ -136,6 +136,7 @@ class SourceSink:
         self.model_id, self.file = model_id, file
         self.stopped = threading.Event()
         self.started, self.start_offset = time.monotonic(), part.offset
+        self.next_progress = 0.0
 
     @property
     def offset(self) -> int:
@@ -145,8 +146,11 @@ class SourceSink:
         if self.stopped.is_set():
             raise DownloadError(f"{self.file.path}: interrupted")
         self.part.write(data)
-        done = self.part.offset
-        rate = (done - self.start_offset) / max(time.monotonic() - self.started, 1e-6)
+        done, now = self.part.offset, time.monotonic()
+        if now < self.next_progress and done != self.file.size:
+            return  # a few progress calls a second, not one per chunk
+        self.next_progress = now + 0.1
+        rate = (done - self.start_offset) / max(now - self.started, 1e-6)
         self.loop.call_soon_threadsafe(
             self.events.file_progress, self.model_id, self.file.path, done, self.file.size, rate
         )

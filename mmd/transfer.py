@@ -37,6 +37,7 @@ Progress = Callable[[int, int | None, float], None]
 MAX_REDIRECTS = 10
 PIPELINE_DEPTH = 2  # chunks queued per stage (hash, write) behind the one in work
 WRITEBACK_EVERY = 32 << 20  # bytes between background fdatasync calls
+PROGRESS_EVERY = 0.1  # seconds between progress callbacks
 # Headers that carry credentials: dropped when a redirect leaves the original origin.
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -320,6 +321,7 @@ async def _receive(
     # while the network is busy and the fsync in part.finish() has little left to do.
     syncing: asyncio.Future[None] | None = None
     received = synced = part.offset
+    next_progress = 0.0
     try:
         while True:
             chunk = await resp.content.read(options.chunk_size)
@@ -335,9 +337,12 @@ async def _receive(
                     await syncing  # raises its error, if any
                 syncing = loop.run_in_executor(None, part.sync)
                 synced = received
-            if progress is not None:
-                elapsed = max(time.monotonic() - started, 1e-6)
-                progress(received, total, (received - start_offset) / elapsed)
+            now = time.monotonic()
+            if progress is not None and (now >= next_progress or received == total):
+                # A few times a second is plenty for bars, /status and SSE; per chunk it
+                # would cost the event loop thousands of calls a second at 1 GB/s.
+                progress(received, total, (received - start_offset) / max(now - started, 1e-6))
+                next_progress = now + PROGRESS_EVERY
         while pending:
             await pending.popleft()
         if syncing is not None:
