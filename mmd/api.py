@@ -29,6 +29,7 @@ from mmd.errors import ManifestError, MmdError
 from mmd.openapi import document
 from mmd.requested import check_request
 from mmd.types import ModelEntry, ModelStatus, State
+from mmd.urls import is_loopback
 
 if TYPE_CHECKING:
     from mmd.daemon import Daemon
@@ -43,13 +44,6 @@ _SUBROUTES = ("files", "status")
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def error(status: int, message: str, detail: Any = None) -> web.Response:
@@ -126,7 +120,8 @@ async def _json_body(request: web.Request) -> Any:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response(request.app[DAEMON].health())
+    health = request.app[DAEMON].health()
+    return web.json_response(health, status=200 if health["status"] == "ok" else 503)
 
 
 async def list_models(request: web.Request) -> web.Response:

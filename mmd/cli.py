@@ -147,14 +147,18 @@ class Cli:
         only = self.check_ids(manifest, self.args.ids)
         if self.args.dry_run:
             return self.cmd_plan()
-        self.storage.prepare()
         probe = StorageLock(self.settings.storage_dir)
+        if probe.probe() and (url := probe.daemon_url()):
+            # The daemon is the only writer: ask it for the pass instead.
+            client = DaemonClient(url, self.settings)
+            return client.sync(only, probe.holder(), self, self.settings.manifest)
+        self.storage.prepare()
         try:
             probe.acquire()
         except StorageLockedError:
             if url := probe.daemon_url():
-                # The daemon is the only writer: ask it for the pass instead.
-                return DaemonClient(url, self.settings).sync(only, probe.holder(), self)
+                client = DaemonClient(url, self.settings)
+                return client.sync(only, probe.holder(), self, self.settings.manifest)
             probe = StorageLock(self.settings.storage_dir, wait=self.args.wait)
             probe.acquire()
         try:

@@ -9,13 +9,16 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any, Protocol
 
 from mmd.config import Settings
 from mmd.errors import MmdError
 from mmd.plan import ActionKind
 from mmd.sync import Outcome
+from mmd.urls import is_loopback
 
 
 class Reporter(Protocol):
@@ -32,7 +35,7 @@ class DaemonClient:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
-        if self.settings.api_token is not None:
+        if self.settings.api_token is not None and self._may_send_token():
             request.add_header("Authorization", f"Bearer {self.settings.api_token.reveal()}")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -50,8 +53,22 @@ class DaemonClient:
                 hint="check `systemctl status mmd`",
             ) from None
 
-    def sync(self, ids: list[str] | None, pid: str, reporter: Reporter) -> int:
+    def _may_send_token(self) -> bool:
+        """The lock file names the URL: send the token only to this machine or api.host."""
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        return is_loopback(host) or host == self.settings.api_host
+
+    def sync(
+        self, ids: list[str] | None, pid: str, reporter: Reporter, manifest: Path | None = None
+    ) -> int:
         """Ask for a pass, wait for it to finish, and print what it did."""
+        health = self.call("GET", "/healthz")
+        theirs = health.get("manifest", {}).get("path")
+        if manifest is not None and theirs and Path(theirs).absolute() != manifest.absolute():
+            print(
+                f"mmd: note: the daemon applies its own manifest {theirs}, not {manifest}",
+                file=sys.stderr,
+            )
         accepted = self.call("POST", "/sync", {"ids": ids} if ids else {})
         number = int(accepted["pass"])
         print(

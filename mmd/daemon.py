@@ -42,7 +42,8 @@ from mmd.requested import RequestedModels
 from mmd.storage import RESERVED_TOP, Storage
 from mmd.sync import Outcome, Syncer
 from mmd.systemd import Notifier
-from mmd.types import ModelEntry
+from mmd.types import ModelEntry, ModelSpec, State, spec_digest
+from mmd.urls import is_loopback
 from mmd.watch import Debounced, Watchers
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ class Daemon:
         self._scheduler: Any = None
         self._api: Any = None
         self._status_sent = ""
+        self._reloading = asyncio.Lock()
+        self._started = False
 
     # -- requests -------------------------------------------------------------
 
@@ -155,15 +158,17 @@ class Daemon:
         """Serve until stopped; 0 after a clean stop. Startup errors raise MmdError."""
         check_bind(self.settings)
         loop = asyncio.get_running_loop()
+        # Signals first: a SIGHUP while the registry is being rebuilt must not kill us.
+        for sig, action in (
+            (signal.SIGTERM, lambda: self.stop("SIGTERM")),
+            (signal.SIGINT, lambda: self.stop("SIGINT")),
+            (signal.SIGHUP, self._on_sighup),
+        ):
+            loop.add_signal_handler(sig, action)
         await asyncio.to_thread(self.storage.prepare)
         try:
-            self.lock.acquire()
-        except StorageLockedError:
-            raise StorageLockedError(
-                f"storage {self.storage.root} is already managed by mmd pid {self.lock.holder()}",
-                hint="one daemon per storage; stop it first, or use another --storage-dir",
-            ) from None
-        try:
+            if not await self._take_lock():
+                return 0  # stopped while waiting
             await self._start(loop)
             await self._stop.wait()
             log.info("stopping (%s)", self._stop_reason)
@@ -202,12 +207,7 @@ class Daemon:
         self._start_scheduler()
         self._runner = asyncio.create_task(self._run_passes(), name="passes")
         self._tasks.append(asyncio.create_task(self._tick(), name="status"))
-        for sig, action in (
-            (signal.SIGTERM, lambda: self.stop("SIGTERM")),
-            (signal.SIGINT, lambda: self.stop("SIGINT")),
-            (signal.SIGHUP, lambda: self._tasks.append(asyncio.create_task(self.reload()))),
-        ):
-            loop.add_signal_handler(sig, action)
+        self._started = True
         self.notifier.ready(self.status_line())
         log.info(
             "mmd %s running: storage %s, manifest %s, API %s, schedule %s",
@@ -301,14 +301,55 @@ class Daemon:
             threading.excepthook = self._restore_excepthook
         if self._api is not None:
             await self._api.cleanup()
-        with contextlib.suppress(OSError):
-            self.registry.save()
+        if self._started:  # never write a registry this process did not load
+            with contextlib.suppress(OSError):
+                self.registry.save()
         if getattr(self, "audit", None) is not None:
             self.audit.close()
         self.lock.release()
 
+    async def _take_lock(self) -> bool:
+        """The storage lock. Another daemon: refuse. A one-off `mmd sync`: wait for it.
+
+        systemd gets STATUS= saying why, and EXTEND_TIMEOUT_USEC= so a long sync does not
+        count as a failed start. False when stopped while waiting.
+        """
+        told = False
+        while True:
+            try:
+                self.lock.acquire()
+                return True
+            except StorageLockedError:
+                if self.lock.daemon_url() is not None:
+                    raise StorageLockedError(
+                        f"storage {self.storage.root} is already managed by mmd pid "
+                        f"{self.lock.holder()}",
+                        hint="one daemon per storage; stop it first, or use another --storage-dir",
+                    ) from None
+            text = f"waiting for mmd pid {self.lock.holder()} to release {self.storage.root}"
+            if not told:
+                log.info("%s", text)
+                told = True
+            self.notifier.status(text)
+            self.notifier.extend_timeout(30.0)
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+                return False
+            except TimeoutError:
+                continue
+
+    def _on_sighup(self) -> None:
+        if not getattr(self, "_started", False):
+            log.info("SIGHUP before start-up finished: the config is read as it starts")
+            return
+        self._tasks.append(asyncio.create_task(self.reload()))
+
     async def reload(self) -> None:
         """SIGHUP: read config and manifest again; what needs a restart says so."""
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         self.notifier.reloading()
         log.info("reloading config and manifest (SIGHUP)")
         try:
@@ -354,6 +395,22 @@ class Daemon:
 
     def _on_manifest_edit(self) -> None:
         log.info("manifest %s changed", self.settings.manifest)
+        self._tasks.append(asyncio.create_task(self._manifest_changed()))
+
+    async def _manifest_changed(self) -> None:
+        """Check the edit now (errors show at once, not after a running pass), stop
+        downloads the edit made pointless, and ask for a pass."""
+        old = self.manifest
+        new = await asyncio.to_thread(self._read_manifest)
+        if new is not None and new is not old:
+            self.manifest = new
+            if self._syncer is not None and old is not None:
+                for model_id in self._syncer.running_ids():
+                    before, after = old.models.get(model_id), new.models.get(model_id)
+                    if before is None or not _obsolete(before, after):
+                        continue
+                    if self._syncer.cancel(model_id):
+                        log.info("%s: download stopped: the manifest changed it", model_id)
         self.request_pass("manifest changed", force=True)
 
     def _on_storage_event(self, rel: str) -> None:
@@ -460,6 +517,9 @@ class Daemon:
                 else:
                     wait = self.backoff.failed(o.model_id)
                     log.info("%s: next scheduled retry in %.0fs", o.model_id, wait)
+        except asyncio.CancelledError:
+            report.error = "interrupted: the daemon is stopping"
+            raise
         except Exception as exc:  # a pass must never take the daemon down
             log.exception("pass %d failed", report.number)
             report.error = f"{type(exc).__name__}: {exc}"
@@ -586,8 +646,12 @@ class Daemon:
         counts: dict[str, int] = {}
         for entry in self.registry.models.values():
             counts[str(entry.status)] = counts.get(str(entry.status), 0) + 1
+        running = self._runner is not None and not self._runner.done()
+        watchers = getattr(self, "watchers", None)
         return {
-            "status": "ok",
+            # "error" (served as 503) when passes can no longer run: restart the daemon.
+            "status": "ok" if running else "error",
+            "watches": watchers.alive() if watchers is not None else {},
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -603,6 +667,17 @@ class Daemon:
                 "recent": [r.to_json() for r in self.recent],
             },
         }
+
+
+def _obsolete(before: ModelSpec, after: ModelSpec | None) -> bool:
+    """A download for `before` is no use once the manifest says `after`."""
+    return (
+        after is None
+        or after.state is State.ABSENT
+        or after.source != before.source
+        or spec_digest(after) != spec_digest(before)
+        or after.options.get("revision") != before.options.get("revision")
+    )
 
 
 def _ignored(rel: str) -> bool:
@@ -622,8 +697,6 @@ def _trigger(settings: Settings) -> Any:
 
 def check_bind(settings: Settings) -> None:
     """Refuse to serve the API beyond this machine without a token."""
-    from mmd.api import is_loopback
-
     host = settings.api_host
     if not is_loopback(host) and settings.api_token is None:
         raise ConfigError(

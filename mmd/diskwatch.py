@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from mmd.manifest import id_problem
 from mmd.plan import CUSTOM_SOURCE
 from mmd.registry import Registry, utc_now
 from mmd.storage import Storage, hash_file, list_files
@@ -26,8 +27,24 @@ from mmd.types import FileEntry, ModelEntry, ModelStatus, ModelType
 
 log = logging.getLogger(__name__)
 
+QUIET_S = 1.0  # a custom/ folder must stay unchanged this long before it is hashed
+
 # (size, mtime_ns) of each file when it was last known good.
 Stamps = dict[str, tuple[int, int]]
+
+
+def _custom_id_ok(model_id: str) -> bool:
+    """Hidden folders, `lost+found` and names that are no valid model id are not models."""
+    if any(part.startswith(".") or part == "lost+found" for part in model_id.split("/")):
+        return False
+    problem = id_problem(model_id)
+    if problem is not None and model_id not in _TOLD:
+        _TOLD.add(model_id)
+        log.warning("custom/%s: not registered: %s", model_id, problem)
+    return problem is None
+
+
+_TOLD: set[str] = set()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -98,6 +115,7 @@ class DiskMonitor:
         self._dirty: set[str] = set()
         self._custom_dirty = False
         self._lock = asyncio.Lock()
+        self._custom_lock = asyncio.Lock()
 
     # -- hints from the storage watch ---------------------------------------
 
@@ -155,7 +173,9 @@ class DiskMonitor:
             dirty, self._dirty = self._dirty - self.busy, self._dirty & self.busy
             for model_id in sorted(dirty):
                 await self._check_model(model_id)
-            if self._custom_dirty:
+        # Hashing a big custom/ folder has a lock of its own: it never delays the above.
+        if self._custom_dirty and not self._custom_lock.locked():
+            async with self._custom_lock:
                 self._custom_dirty = False
                 await self._check_custom()
 
@@ -165,6 +185,7 @@ class DiskMonitor:
             for entry in self.registry.query(status=ModelStatus.AVAILABLE):
                 if entry.source != CUSTOM_SOURCE and entry.model_id not in self.busy:
                     await self._check_model(entry.model_id)
+        async with self._custom_lock:
             await self._check_custom()
 
     async def _check_model(self, model_id: str) -> None:
@@ -196,7 +217,7 @@ class DiskMonitor:
             for source, model_id, folder in await asyncio.to_thread(
                 lambda: list(self.storage.model_folders())
             )
-            if source == CUSTOM_SOURCE
+            if source == CUSTOM_SOURCE and _custom_id_ok(model_id)
         }
         for entry in self.registry.query(source=CUSTOM_SOURCE):
             if entry.model_id not in found and entry.status is not ModelStatus.DELETED:
@@ -225,6 +246,13 @@ class DiskMonitor:
         stamps = self._stamps.get(model_id, {})
         before = await asyncio.to_thread(_snapshot, folder)
         if entry is not None and entry.status is ModelStatus.AVAILABLE and before == stamps:
+            return
+        if not before:
+            return  # an empty folder is not a model (yet)
+        # Still being copied in? Hash only once nothing changed for a moment.
+        await asyncio.sleep(QUIET_S)
+        if before != await asyncio.to_thread(_snapshot, folder):
+            self._custom_dirty = True
             return
         old = {f.path: f for f in entry.files} if entry is not None else {}
         files, fresh = await asyncio.to_thread(_hash_folder, folder, old, stamps)

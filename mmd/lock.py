@@ -35,6 +35,24 @@ class StorageLock:
         lines = self._lines()
         return lines[1] if len(lines) > 1 and lines[1].startswith("http") else None
 
+    def probe(self) -> bool:
+        """Is the lock held by someone? Needs only read access to the storage.
+
+        For `mmd sync` run by a user who may read the storage (and talk to the daemon)
+        but not write it: a shared lock attempt tells, without creating anything.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def announce(self, url: str) -> None:
         """Tell other mmd commands where the daemon holding this lock listens."""
         assert self.fd is not None

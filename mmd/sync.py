@@ -101,6 +101,10 @@ class Syncer:
         self._cancelled: set[str] = set()
         self._switched_in: set[str] = set()
 
+    def running_ids(self) -> list[str]:
+        """Models whose work in this pass is still going on."""
+        return [i for i, t in self._running.items() if not t.done() and i not in self._switched_in]
+
     def cancel(self, model_id: str) -> bool:
         """Stop one model's work in this pass (its .part files are kept); False if idle."""
         task = self._running.get(model_id)

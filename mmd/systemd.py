@@ -58,6 +58,10 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask systemd for more time to start (or stop) than TimeoutStartSec= allows."""
+        return self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
     def stopping(self) -> bool:
         return self.send("STOPPING=1")
 

@@ -200,6 +200,9 @@ class Watchers:
     def _hand_over(self, on_path: Callable[[str], None], rel: str) -> None:
         self.loop.call_soon_threadsafe(on_path, rel)
 
+    def alive(self) -> dict[str, bool]:
+        return {key: observer.is_alive() for key, observer in self._observers.items()}
+
     def stop(self, key: str | None = None, *, join: bool = True) -> None:
         for name in [key] if key else list(self._observers):
             observer = self._observers.pop(name, None) if name else None

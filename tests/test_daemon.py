@@ -474,3 +474,76 @@ def test_an_organisation_folder_moved_away_is_noticed(
     assert (home.storage / "http/org/m/o.bin").read_bytes() == data
     assert "org/m: its folder is missing" in d.log or "org/m: o.bin is missing" in d.log
     assert d.stop() == 0
+
+
+def test_daemon_waits_for_a_one_off_sync_holding_the_lock(
+    home: Home, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    from mmd.lock import StorageLock
+
+    home.write_manifest("models: {}\n")
+    address = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(address))
+    notify.settimeout(10)
+    held = StorageLock(home.storage)
+    held.acquire()  # as `mmd sync` does: a pid, no API address
+    d = daemon(env={"NOTIFY_SOCKET": str(address)})
+    seen: list[str] = []
+    while not any(s.startswith("EXTEND_TIMEOUT_USEC=") for s in seen):
+        seen += notify.recv(4096).decode().split("\n")
+    assert f"STATUS=waiting for mmd pid {os.getpid()} to release {home.storage}" in seen
+    assert "READY=1" not in seen
+    assert d.proc.poll() is None
+    held.release()
+    while "READY=1" not in seen:
+        seen += notify.recv(4096).decode().split("\n")
+    assert d.health()["pid"] == d.proc.pid
+    assert d.stop() == 0
+    notify.close()
+
+
+def test_manifest_edits_act_while_a_download_runs(
+    home: Home, fileserver: FileServer, daemon: Callable[..., Daemon]
+) -> None:
+    size = 16 * 1024 * 1024
+    data = payload(size)
+    url = fileserver.add("stuck.bin", data)
+    fileserver.set_fault("stuck.bin", stall_after=size // 4, stall_seconds=60)
+    home.write_manifest("models:\n" + http_model("stuck", url, data))
+    d = daemon()
+    wait_for(lambda: status_of(home, "stuck") == "downloading", 20, "the download")
+    # An error shows at once, not when the stalled pass ends.
+    home.manifest.write_text("models:\n  stuck: [\n")
+    wait_for(lambda: d.health()["manifest"]["error"] is not None, 5, "the manifest error")
+    assert d.health()["passes"]["running"] is not None
+    # Asking for the model to go stops its download, and the next pass removes it.
+    home.manifest.write_text(
+        "models:\n  stuck:\n    source: http\n    url: " + url + "\n    state: absent\n"
+    )
+    wait_for(lambda: "stuck: download stopped: the manifest changed it" in d.log, 5, "the stop")
+    wait_for(lambda: status_of(home, "stuck") == "deleted", 10, "the removal")
+    assert not list((home.storage / "cache").rglob("*.part"))
+    assert d.stop() == 0
+
+
+def test_custom_ignores_empty_hidden_and_badly_named_folders(
+    home: Home, daemon: Callable[..., Daemon]
+) -> None:
+    home.write_manifest("models: {}\n")
+    d = daemon()
+    d.wait_pass(1)
+    custom = home.storage / "custom"
+    (custom / "empty").mkdir(parents=True)
+    (custom / ".hidden").mkdir()
+    (custom / ".hidden/w.bin").write_bytes(b"x")
+    (custom / "My Model (copy)").mkdir()
+    (custom / "My Model (copy)/w.bin").write_bytes(b"x")
+    (custom / "good").mkdir()
+    (custom / "good/w.bin").write_bytes(b"good")
+    wait_for(lambda: status_of(home, "good") == "available", 10, "the good folder")
+    wait_for(lambda: "custom/My Model (copy): not registered" in d.log, 5, "the warning")
+    models = home.registry()["models"]
+    assert set(models) == {"good"}
+    assert d.health()["watches"] == {"manifest": True, "storage": True}
+    assert d.stop() == 0
