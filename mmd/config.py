@@ -53,6 +53,7 @@ class Settings:
     manifest: Path
     hf_cache: Path
     hf_token: Secret | None = None
+    github_token: Secret | None = None
     max_concurrent_downloads: int = 3
     download_timeout: float = 3600.0
     verify_checksums: bool = True
@@ -188,6 +189,7 @@ KEYS: dict[str, _Key] = {
     "registry_file": _Key("MODEL_REGISTRY_FILE", parse_path),
     "manifest": _Key("MMD_MANIFEST", parse_path),
     "hf_token": _Key("HF_TOKEN", parse_token),
+    "github_token": _Key("GITHUB_TOKEN", parse_token),
     "hf_cache": _Key("HF_HUB_CACHE", parse_path),
     "max_concurrent_downloads": _Key("MAX_CONCURRENT_DOWNLOADS", parse_positive_int),
     "download_timeout": _Key("DOWNLOAD_TIMEOUT", parse_duration),
@@ -202,6 +204,9 @@ KEYS: dict[str, _Key] = {
     "retry_max": _Key("MMD_RETRY_MAX", parse_duration),
     "rescan_interval": _Key("MMD_RESCAN_INTERVAL", parse_duration),
 }
+
+
+_SECRET_KEYS = ("hf_token", "github_token")
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> tuple[Path | None, bool]:
@@ -273,7 +278,7 @@ def load_settings(
                 raw[key] = spec.parse(env[spec.env])
             except ValueError as exc:
                 # Never echo the value of a secret variable back.
-                reason = "invalid value" if key == "hf_token" else str(exc)
+                reason = "invalid value" if key in _SECRET_KEYS else str(exc)
                 raise ConfigError(f"environment variable {spec.env}: {reason}") from None
     for key, value in flags.items():
         try:
@@ -291,6 +296,12 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], config_file: Path | None
             hf_token = parse_token(loaded)
         except ValueError as exc:
             raise ConfigError(f"credential hf_token: {exc}") from None
+    github_token = raw.get("github_token")
+    if github_token is None and (loaded := paths.credential(env, "github_token")):
+        try:
+            github_token = parse_token(loaded)
+        except ValueError as exc:
+            raise ConfigError(f"credential github_token: {exc}") from None
     api_token = env.get("MMD_API_TOKEN", "").strip() or None
     if api_token is None and "api.token_file" in raw:
         try:
@@ -307,6 +318,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], config_file: Path | None
         manifest=Path(raw.get("manifest") or paths.default_manifest(env)),
         hf_cache=Path(raw.get("hf_cache") or storage / "cache"),
         hf_token=Secret(hf_token) if hf_token else None,
+        github_token=Secret(github_token) if github_token else None,
         max_concurrent_downloads=raw.get("max_concurrent_downloads", 3),
         download_timeout=raw.get("download_timeout", 3600.0),
         verify_checksums=raw.get("verify_checksums", True),

@@ -22,6 +22,7 @@ BUILTINS = {
     "http": "mmd.sources.http",
     "local": "mmd.sources.local",
     "huggingface": "mmd.sources.huggingface",
+    "github": "mmd.sources.github",
 }
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from mmd.cli import main
 from tests.servers.fileserver import fileserver, fileserver2  # noqa: F401
+from tests.servers.github import github  # noqa: F401
 from tests.servers.hfhub import hf_endpoint, hfhub  # noqa: F401
 from tests.servers.isolation import SCRUBBED_VARIABLES
 

@@ -1,0 +1,381 @@
+"""`source: github` — release assets, or files of a repository at a branch, tag or commit.
+
+Two modes, one per manifest entry:
+- `release:` a tag or `latest`, `assets:` globs on asset names. Each asset is verified by
+  the API's `digest` (`sha256:…`) when GitHub gives one, else by the manifest's `sha256`
+  (one asset), else by its size only (a warning says so).
+- `ref:` a branch, tag or commit, `files:` globs on paths in the repository. The ref is
+  resolved to a commit sha (a full sha is pinned: no request once in storage); each file
+  is verified by its git blob sha1, and Git LFS pointers are followed to the real content
+  (verified by the LFS object's sha256) through the LFS batch API.
+
+Bytes go through the core's transfer engine. The token (`GITHUB_TOKEN`, `github_token`,
+or the `github_token` credential) goes to the API only: the core drops it when a download
+is redirected to another origin (GitHub's asset CDN).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mmd import __version__
+from mmd.errors import OfflineError, SourceError
+from mmd.globs import select
+from mmd.hookspecs import KeyRule, Source, SourceContext, hookimpl
+from mmd.types import ModelSpec, Release, RemoteFile
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API = "https://api.github.com"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_LFS_SPEC = b"version https://git-lfs.github.com/spec/v1"
+LFS_POINTER_MAX = 1024  # a pointer file is never larger (git-lfs spec)
+REQUEST_TIMEOUT = 30.0
+# Waiting out a rate limit is better than failing; waiting longer than this is not.
+RATE_LIMIT_WAIT_CAP = 900.0
+MAX_ATTEMPTS = 4
+
+
+class _Api:
+    def __init__(self, spec: ModelSpec, ctx: SourceContext) -> None:
+        options = spec.options
+        self.repo = str(options.get("repo") or spec.model_id)
+        base = options.get("api_url") or ctx.env.get("GITHUB_API_URL") or DEFAULT_API
+        self.base = str(base).rstrip("/")
+        self.token = _token(ctx)
+
+    def headers(self, accept: str = "application/vnd.github+json") -> dict[str, str]:
+        headers = {
+            "Accept": accept,
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": f"mmd/{__version__}",
+        }
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def url(self, path: str, **query: str) -> str:
+        quoted = urllib.parse.quote(path, safe="/")
+        return f"{self.base}{quoted}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+
+    def get(self, path: str, accept: str = "application/vnd.github+json", **query: str) -> bytes:
+        return self.request("GET", self.url(path, **query), None, self.headers(accept))
+
+    def get_json(self, path: str, **query: str) -> Any:
+        return json.loads(self.get(path, **query))
+
+    def request(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> bytes:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
+            try:
+                with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+                    return bytes(response.read())
+            except urllib.error.HTTPError as exc:
+                wait = _rate_limit_wait(exc)
+                if wait is not None and attempt < MAX_ATTEMPTS:
+                    log.warning(
+                        "%s: GitHub rate limit; waiting %.0fs for it to reset%s",
+                        self.repo,
+                        wait,
+                        "" if self.token else " (set GITHUB_TOKEN for a higher limit)",
+                    )
+                    time.sleep(wait)
+                    continue
+                if exc.code >= 500 and attempt < MAX_ATTEMPTS:
+                    time.sleep(min(2.0**attempt, 10.0))
+                    continue
+                raise _http_error(self, exc, url) from None
+            except (urllib.error.URLError, OSError) as exc:
+                if attempt < MAX_ATTEMPTS and not isinstance(exc, ConnectionRefusedError):
+                    time.sleep(min(2.0**attempt, 10.0))
+                    continue
+                reason = getattr(exc, "reason", exc)
+                raise OfflineError(f"cannot reach {self.base}: {reason}") from None
+        raise SourceError(f"GitHub did not answer after {MAX_ATTEMPTS} tries")
+
+
+def _token(ctx: SourceContext) -> str | None:
+    token = getattr(ctx.settings, "github_token", None)
+    if token is not None:
+        return str(token.reveal())
+    return ctx.env.get("GITHUB_TOKEN") or None
+
+
+def _rate_limit_wait(exc: urllib.error.HTTPError) -> float | None:
+    """Seconds until a rate limit lifts, or None when this is no rate-limit answer."""
+    if exc.code not in (403, 429):
+        return None
+    headers = exc.headers
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(retry_after)
+            seconds = parsed.timestamp() - time.time()
+    elif headers.get("X-RateLimit-Remaining") == "0" and headers.get("X-RateLimit-Reset"):
+        seconds = float(headers["X-RateLimit-Reset"]) - time.time()
+    else:
+        return None
+    seconds = max(1.0, seconds)
+    return seconds if seconds <= RATE_LIMIT_WAIT_CAP else None
+
+
+def _http_error(api: _Api, exc: urllib.error.HTTPError, url: str) -> SourceError:
+    try:
+        message = json.loads(exc.read()).get("message") or exc.reason
+    except (ValueError, AttributeError, OSError):
+        message = exc.reason
+    if exc.code == 401:
+        return SourceError("GitHub rejected the token (401)", hint="check GITHUB_TOKEN")
+    if exc.code in (403, 429):
+        hint = "set GITHUB_TOKEN" if not api.token else "wait for the limit to reset"
+        return SourceError(f"GitHub refused: {exc.code} {message}", hint=hint)
+    if exc.code == 404:
+        return _NotFound(f"{url_path(url)} not found on {api.base}")
+    return SourceError(f"GitHub answered {exc.code} {message} for {url_path(url)}")
+
+
+class _NotFound(SourceError):
+    pass
+
+
+def _missing_repo(api: _Api) -> SourceError:
+    """After a 404: is it the repository, or only the thing asked for in it?"""
+    hint = None if api.token else "if it is private, set GITHUB_TOKEN"
+    return SourceError(f"repository {api.repo} not found on {api.base}", hint=hint)
+
+
+def _repo_exists(api: _Api) -> bool:
+    try:
+        api.get_json(f"/repos/{api.repo}")
+    except _NotFound:
+        return False
+    return True
+
+
+def url_path(url: str) -> str:
+    return urllib.parse.urlsplit(url).path
+
+
+# -- releases ------------------------------------------------------------------------
+
+
+def _resolve_release(spec: ModelSpec, api: _Api) -> Release:
+    tag = str(spec.options["release"])
+    path = f"/repos/{api.repo}/releases/" + ("latest" if tag == "latest" else f"tags/{tag}")
+    try:
+        release = api.get_json(path)
+    except _NotFound:
+        if not _repo_exists(api):
+            raise _missing_repo(api) from None
+        what = "no published release" if tag == "latest" else f"no release tagged {tag!r}"
+        raise SourceError(f"{what} in {api.repo}") from None
+    assets = {str(a["name"]): a for a in release.get("assets") or []}
+    names = select(sorted(assets), spec.options.get("assets"), None)
+    if not names:
+        raise SourceError(
+            f"release {release.get('tag_name')} of {api.repo} has no asset matching "
+            f"{spec.options.get('assets') or '*'} (assets: {', '.join(sorted(assets)) or 'none'})"
+        )
+    pinned = spec.options.get("sha256")
+    if pinned and len(names) != 1:
+        raise SourceError(f"`sha256` needs exactly one asset, {len(names)} match")
+    files = []
+    unverified = []
+    for name in names:
+        asset = assets[name]
+        digest = str(asset.get("digest") or "")
+        sha256 = digest[7:].lower() if digest.startswith("sha256:") else None
+        if sha256 is None and pinned:
+            sha256 = str(pinned).lower()
+        if sha256 is None:
+            unverified.append(name)
+        files.append(
+            RemoteFile(
+                path=name,
+                size=int(asset["size"]) if asset.get("size") is not None else None,
+                sha256=sha256,
+                # The API's asset endpoint works for private repos too; it redirects to
+                # the CDN, and the core drops the token on that cross-origin hop.
+                url=str(asset["url"]),
+                headers=api.headers("application/octet-stream"),
+            )
+        )
+    if unverified:
+        log.warning(
+            "%s@%s: no digest for %s; only the size will be checked (add sha256: to the "
+            "manifest for one asset)",
+            api.repo,
+            release.get("tag_name"),
+            ", ".join(unverified),
+        )
+    # The tag alone is no version: assets of a release can be replaced under it.
+    fingerprint = json.dumps(
+        [[f.path, assets[f.path].get("id"), f.size, f.sha256] for f in files], sort_keys=True
+    )
+    version = f"{release.get('tag_name')}@{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+    metadata = {
+        "repo": api.repo,
+        "release": release.get("tag_name"),
+        "release_id": release.get("id"),
+        "unverified_assets": unverified,
+    }
+    return Release(version=version, files=tuple(files), metadata=metadata)
+
+
+# -- files at a ref --------------------------------------------------------------------
+
+
+def _commit(api: _Api, ref: str) -> str:
+    try:
+        return str(api.get_json(f"/repos/{api.repo}/commits/{ref}")["sha"])
+    except _NotFound:
+        raise _missing_repo(api) from None
+    except SourceError as exc:
+        if "422" in exc.message:
+            raise SourceError(f"no branch, tag or commit {ref!r} in {api.repo}") from None
+        raise
+
+
+def _lfs_pointer(data: bytes) -> tuple[str, int] | None:
+    if not data.startswith(_LFS_SPEC):
+        return None
+    fields = dict(
+        line.split(" ", 1) for line in data.decode(errors="replace").splitlines() if " " in line
+    )
+    oid, size = fields.get("oid", ""), fields.get("size", "")
+    if not oid.startswith("sha256:") or not size.isdigit():
+        return None
+    return oid[7:].lower(), int(size)
+
+
+def _lfs_downloads(api: _Api, objects: list[tuple[str, int]]) -> dict[str, tuple[str, dict]]:
+    """oid -> (href, headers) from the Git LFS batch API."""
+    info = api.get_json(f"/repos/{api.repo}")
+    endpoint = f"{str(info['html_url']).rstrip('/')}.git/info/lfs/objects/batch"
+    body = json.dumps(
+        {
+            "operation": "download",
+            "transfers": ["basic"],
+            "objects": [{"oid": oid, "size": size} for oid, size in objects],
+        }
+    ).encode()
+    headers = api.headers("application/vnd.git-lfs+json")
+    headers["Content-Type"] = "application/vnd.git-lfs+json"
+    answer = json.loads(api.request("POST", endpoint, body, headers))
+    found: dict[str, tuple[str, dict]] = {}
+    for obj in answer.get("objects") or []:
+        download = (obj.get("actions") or {}).get("download")
+        if obj.get("error") or not download:
+            problem = (obj.get("error") or {}).get("message", "no download link")
+            raise SourceError(f"LFS object {obj.get('oid')} of {api.repo}: {problem}")
+        found[str(obj["oid"])] = (str(download["href"]), dict(download.get("header") or {}))
+    return found
+
+
+def _resolve_ref(spec: ModelSpec, api: _Api) -> Release:
+    ref = str(spec.options["ref"])
+    sha = ref if _COMMIT.fullmatch(ref) else _commit(api, ref)
+    tree = api.get_json(f"/repos/{api.repo}/git/trees/{sha}", recursive="1")
+    if tree.get("truncated"):
+        raise SourceError(f"the tree of {api.repo}@{sha} is too large for one API answer")
+    blobs = {str(e["path"]): e for e in tree.get("tree") or [] if e.get("type") == "blob"}
+    paths = select(sorted(blobs), spec.options.get("files"), spec.options.get("exclude"))
+    if not paths:
+        wanted = spec.options.get("files") or "*"
+        raise SourceError(f"no file in {api.repo}@{sha[:12]} matches {wanted}")
+    raw = "application/vnd.github.raw"
+    pointers: dict[str, tuple[str, int]] = {}
+    for path in paths:
+        if int(blobs[path].get("size") or 0) <= LFS_POINTER_MAX:
+            # Small enough to be an LFS pointer: look (the real content is elsewhere).
+            pointer = _lfs_pointer(api.get(f"/repos/{api.repo}/contents/{path}", raw, ref=sha))
+            if pointer is not None:
+                pointers[path] = pointer
+    hrefs = _lfs_downloads(api, sorted(set(pointers.values()))) if pointers else {}
+    files = []
+    for path in paths:
+        if path in pointers:
+            oid, size = pointers[path]
+            href, headers = hrefs[oid]
+            files.append(RemoteFile(path=path, size=size, sha256=oid, url=href, headers=headers))
+        else:
+            blob = blobs[path]
+            files.append(
+                RemoteFile(
+                    path=path,
+                    size=int(blob.get("size") or 0),
+                    sha256=None,
+                    git_sha1=str(blob["sha"]),
+                    url=api.url(f"/repos/{api.repo}/contents/{path}", ref=sha),
+                    headers=api.headers(raw),
+                )
+            )
+    metadata = {"repo": api.repo, "ref": ref, "commit": sha, "lfs_files": sorted(pointers)}
+    return Release(version=sha, files=tuple(files), metadata=metadata)
+
+
+# -- the source ------------------------------------------------------------------------
+
+
+def resolve(spec: ModelSpec, ctx: SourceContext) -> Release:
+    api = _Api(spec, ctx)
+    if "release" in spec.options:
+        return _resolve_release(spec, api)
+    return _resolve_ref(spec, api)
+
+
+def pinned_version(spec: ModelSpec) -> str | None:
+    """Files at a full commit sha never change: no request once they are in storage."""
+    ref = str(spec.options.get("ref") or "")
+    return ref if _COMMIT.fullmatch(ref) else None
+
+
+def validate(options: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    if ("release" in options) == ("ref" in options):
+        yield "release", "give exactly one of `release:` (assets) or `ref:` (repository files)"
+    if "assets" in options and "release" not in options:
+        yield "assets", "`assets:` goes with `release:`"
+    if "files" in options and "ref" not in options:
+        yield "files", "`files:` goes with `ref:`"
+    if "sha256" in options and "release" not in options:
+        yield "sha256", "`sha256:` pins one release asset; files at a ref are checked by git"
+    repo = options.get("repo")
+    if repo is not None and (not isinstance(repo, str) or repo.count("/") != 1):
+        yield "repo", "expected owner/name"
+
+
+@hookimpl
+def mmd_sources() -> list[Source]:
+    return [
+        Source(
+            name="github",
+            resolve=resolve,
+            validate=validate,
+            pinned_version=pinned_version,
+            description="GitHub release assets, or repository files at a ref (LFS followed)",
+            keys={
+                "repo": KeyRule("str", help="owner/name (default: the model id)"),
+                "release": KeyRule("str", help="a release tag, or `latest`"),
+                "assets": KeyRule("globs", help="asset names to fetch (default: all)"),
+                "ref": KeyRule("str", help="a branch, tag or commit sha"),
+                "files": KeyRule("globs", help="paths in the repository (default: all)"),
+                "exclude": KeyRule("globs", help="paths to leave out (with ref:)"),
+                "sha256": KeyRule("sha256", help="digest of the one asset, when GitHub has none"),
+                "api_url": KeyRule("url", help="API base (GitHub Enterprise); $GITHUB_API_URL"),
+            },
+        )
+    ]
