@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 GROUP = "mmd"
 # Registered directly when mmd runs from a checkout that was never pip-installed.
+# Source names are folders in storage; these are taken by mmd itself.
+RESERVED_NAMES = frozenset({"cache", "custom"})
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
 BUILTINS = {
     "http": "mmd.sources.http",
     "local": "mmd.sources.local",
@@ -85,7 +90,12 @@ def load_plugins(extra: Iterable[object] = (), *, use_entry_points: bool = True)
             pm.register(importlib.import_module(module), name=name)
             dists[name] = ("mmd", _own_version())
     for index, plugin in enumerate(extra):
-        pm.register(plugin, name=getattr(plugin, "__name__", None) or f"extra-{index}")
+        if pm.is_registered(plugin):
+            continue  # also installed (an author's `pip install -e .`): one copy is enough
+        name = getattr(plugin, "__name__", None) or f"extra-{index}"
+        if pm.has_plugin(name):
+            name = f"{name}-extra-{index}"
+        pm.register(plugin, name=name)
     _drop_invalid(pm, broken)
     plugins = Plugins(manager=pm, broken=broken)
     _collect_sources(plugins, dists)
@@ -122,6 +132,15 @@ def _collect_sources(plugins: Plugins, dists: dict[str, tuple[str | None, str | 
             for source in provided:
                 if not isinstance(source, Source) or not source.name:
                     raise TypeError(f"expected mmd.hookspecs.Source, got {source!r}")
+                # The name is a folder in storage: a safe one, and none mmd uses.
+                if not SOURCE_NAME.fullmatch(source.name):
+                    raise TypeError(
+                        f"source name {source.name!r}: use letters, digits, '-' and '_'"
+                    )
+                if source.name in RESERVED_NAMES:
+                    raise TypeError(
+                        f"source name {source.name!r} is a reserved folder of the storage"
+                    )
         except Exception as exc:
             plugins.broken.append(f"plugin {plugin_name!r} failed in mmd_sources(): {exc}")
             log.warning("%s; skipping it", plugins.broken[-1])

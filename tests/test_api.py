@@ -293,7 +293,7 @@ async def test_manifest_models_cannot_be_deleted_and_ids_are_checked(
             {"model_id": "x", "source": "nope"},
             400,
             "invalid model spec",
-            ["source: unknown source 'nope' (installed: http, huggingface, local)"],
+            None,
         ),
         (
             {"model_id": "x", "source": "http", "url": "ftp://a", "colour": "red"},
@@ -323,6 +323,14 @@ async def test_bad_download_requests(
     assert not (api.home.storage / "requested.yaml").exists()
     code, health, _ = await api.call("GET", "/healthz")
     assert code == 200 and health["status"] == "ok"
+
+
+async def test_unknown_source_lists_the_installed_ones(api: Api) -> None:
+    code, answer, _ = await api.call("POST", "/models/download", {"model_id": "x", "source": "no"})
+    assert code == 400
+    [problem] = answer["detail"]
+    assert problem.startswith("source: unknown source 'no' (installed: ")
+    assert all(name in problem for name in ("github", "http", "huggingface", "local"))
 
 
 async def test_unknown_keys_are_named_like_in_the_manifest(api: Api) -> None:
