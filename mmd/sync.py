@@ -388,7 +388,11 @@ class Syncer:
             self.events.file_started(mid, file.path, file.size, part.offset)
             try:
                 if source.fetch is not None:
-                    await self._fetch_with_source(action, source, file, part)
+                    try:
+                        await self._fetch_with_source(action, source, file, part)
+                    except ChecksumError as exc:  # a source's own digest check (S3 ETags)
+                        self.events.verify_failed(mid, file.path, str(exc))
+                        raise
                 else:
                     from mmd.transfer import download
 
