@@ -162,7 +162,7 @@ async def model_routes(request: web.Request) -> web.Response:
         return await delete_model(request, model_id)
     entry = _entry_or_404(daemon, model_id)
     if sub == "files":
-        files = [f.__dict__ for f in entry.files]
+        files = entry.to_json()["files"]  # the registry's shape
         return web.json_response({"model_id": model_id, "path": entry.path, "files": files})
     if sub == "status":
         return web.json_response(daemon.model_status(entry))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,11 +276,17 @@ class Syncer:
         if previous:
             reusable.update(reusable_files(previous, self.storage))
         current = self.storage.model_dir(spec.source, spec.model_id)
+        # Files in storage by path, for sources that give a validator instead of a sha256.
+        kept = (
+            {f.path: f for f in previous.files}
+            if previous and previous.source == spec.source
+            else {}
+        )
         await asyncio.to_thread(self._check_space, release.files, done, reusable, files_dir)
         try:
             results = await asyncio.gather(
                 *(
-                    self._file(action, source, f, files_dir, stage, done, reusable, current)
+                    self._file(action, source, f, files_dir, stage, done, reusable, current, kept)
                     for f in release.files
                 ),
                 return_exceptions=True,
@@ -295,7 +302,8 @@ class Syncer:
                 await asyncio.to_thread(self._drop_stage, stage)
             raise
         files = [
-            FileEntry(f.path, done[f.path]["size"], done[f.path]["sha256"]) for f in release.files
+            FileEntry(f.path, done[f.path]["size"], done[f.path]["sha256"], f.validator)
+            for f in release.files
         ]
         await asyncio.to_thread(keep_only, files_dir, {f.path for f in release.files})
         target = await asyncio.to_thread(
@@ -360,6 +368,7 @@ class Syncer:
         done: dict[str, dict[str, Any]],
         reusable: dict[str, Path],
         current: Path,
+        kept: Mapping[str, FileEntry],
     ) -> None:
         final = files_dir / file.path
         if file.path in done and final.is_file():
@@ -367,6 +376,15 @@ class Syncer:
         parent = "/".join(file.path.split("/")[:-1])
         await asyncio.to_thread(ensure_dirs, files_dir, parent)
         known = file.sha256 or done.get(file.path, {}).get("sha256")
+        stored = kept.get(file.path)
+        if (
+            not known
+            and file.validator is not None
+            and stored is not None
+            and stored.validator == file.validator
+            and stored.size == file.size
+        ):
+            known = stored.sha256  # unchanged at the source: check the copy we have
         if known or (file.git_sha1 and file.size is not None):
             candidates = [reusable.get(known) if known else None, current / file.path]
             digest = await asyncio.to_thread(

@@ -83,6 +83,10 @@ class RemoteFile:
     own `fetch` may leave them empty. `sha256` or `size` may be unknown (None).
     `git_sha1` is a git blob id (sha1 of b"blob <size>\0" + data), what git hosts give for
     files not in LFS; the core checks it when no sha256 is known (it needs `size`).
+    `validator` is an opaque token that changes whenever the file's content does (an S3
+    ETag): when a new version lists a file with the validator and size of the file in
+    storage, the core reuses that file (if it still hashes to its recorded sha256)
+    instead of fetching it again, even without a sha256 from the source.
     """
 
     path: str
@@ -92,6 +96,7 @@ class RemoteFile:
     # repr=False: headers may carry a token, and a repr can end up in a log line.
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     git_sha1: str | None = None
+    validator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class FileEntry:
     path: str
     size: int
     sha256: str | None
+    validator: str | None = None  # the source's RemoteFile.validator, when it gave one
 
 
 @dataclass
@@ -151,7 +157,7 @@ class ModelEntry:
             "version": self.version,
             "size_bytes": self.size_bytes,
             "download_date": self.download_date,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "files": [_file_json(f) for f in self.files],
             "error": self.error,
             "metadata": self.metadata,
             "spec_digest": self.spec_digest,
@@ -174,3 +180,10 @@ class ModelEntry:
             metadata=dict(data.get("metadata") or {}),
             spec_digest=data.get("spec_digest"),
         )
+
+
+def _file_json(f: FileEntry) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": f.path, "size": f.size, "sha256": f.sha256}
+    if f.validator is not None:  # only sources that give one add the key
+        data["validator"] = f.validator
+    return data

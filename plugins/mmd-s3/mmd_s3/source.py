@@ -392,6 +392,8 @@ def resolve(spec: ModelSpec, ctx: SourceContext) -> Release:
                 url=f"s3://{loc.bucket}/{object_key}",
                 # What fetch sends as IfMatch: the content resolve saw, and no other.
                 headers={"If-Match": str(obj.get("ETag") or "")},
+                # Same ETag and size as the copy in storage: the core reuses that copy.
+                validator=str(obj.get("ETag") or "") or None,
             )
         )
     if pinned:

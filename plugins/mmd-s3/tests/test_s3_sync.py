@@ -124,9 +124,14 @@ def test_changed_object_updates_the_model(home: Home, mmd: Mmd, s3: S3, proxy: P
     s3.put("m/weights.bin", new)
     plan = mmd("plan")
     assert "update   m" in plan.out, plan.out
+    before = len(proxy.gets())
     result = mmd("sync")
     assert result.code == 0, result.text
     assert home.model_files("m")["weights.bin"] == new
+    # Only the changed object is downloaded: config.json keeps its ETag, so the copy in
+    # storage is reused (after checking it still hashes to its recorded sha256).
+    assert [r.path for r in proxy.gets()[before:]] == [f"/{BUCKET}/m/weights.bin"]
+    assert {f["path"]: f.get("validator") for f in home.entry("m")["files"]}["config.json"]
     entry = home.entry("m")
     assert entry["version"] != first
     assert entry["size_bytes"] == 2 + len(new)
