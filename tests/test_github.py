@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import Home, Result
+from tests.servers.fileserver import FileServer
 from tests.servers.github import GitHubServer
 from tests.test_sync_http import payload
 
@@ -199,3 +200,23 @@ def test_rate_limits_are_waited_out(home: Home, mmd: Mmd, github: GitHubServer, 
     assert result.code == 0, result.out
     assert "GitHub rate limit; waiting" in result.err
     assert on_disk(home, "acme/det") == {"model.onnx": WEIGHTS}
+
+
+def test_token_is_not_forwarded_when_the_api_redirects_elsewhere(
+    home: Home,
+    mmd: Mmd,
+    github: GitHubServer,
+    fileserver: FileServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", github.token)
+    github.add_commit("acme", "tok", ["main"], {"config.json": CONFIG})
+    mirror = fileserver.add("mirror/config.json", CONFIG)
+    github.set_fault("config.json", redirect_to=mirror)
+    manifest(home, github, "acme/tok", ref="main")
+    result = mmd("sync")
+    assert result.code == 0, result.out
+    assert on_disk(home, "acme/tok") == {"config.json": CONFIG}
+    seen = fileserver.requests_for("mirror/config.json")
+    assert len(seen) == 2  # the LFS-pointer look at resolve, then the download
+    assert all(r.header("Authorization") is None for r in seen)

@@ -33,6 +33,7 @@ from mmd.errors import OfflineError, SourceError
 from mmd.globs import select
 from mmd.hookspecs import KeyRule, Source, SourceContext, hookimpl
 from mmd.types import ModelSpec, Release, RemoteFile
+from mmd.urls import origin
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,27 @@ REQUEST_TIMEOUT = 30.0
 # Waiting out a rate limit is better than failing; waiting longer than this is not.
 RATE_LIMIT_WAIT_CAP = 900.0
 MAX_ATTEMPTS = 4
+
+
+class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """urllib keeps `Authorization` on every redirect; keep it only within one origin."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin(newurl) != origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_SameOriginCredentials)
 
 
 class _Api:
@@ -80,7 +102,7 @@ class _Api:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
             try:
-                with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+                with _OPENER.open(request, timeout=REQUEST_TIMEOUT) as response:
                     return bytes(response.read())
             except urllib.error.HTTPError as exc:
                 wait = _rate_limit_wait(exc)
