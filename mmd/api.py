@@ -260,11 +260,16 @@ async def post_download(request: web.Request) -> web.Response:
         return error(400, "invalid model spec", _problems(str(model_id), exc.problems))
     if spec.state is State.ABSENT:
         return error(400, "use DELETE /models/{id} to remove a model", None)
-    if url := spec.options.get("url"):
-        refused = await _refused_address(str(url), daemon.settings.api_allow_link_local)
+    # Every URL of the spec (a download URL, an `api_url`, an S3 `endpoint_url`...).
+    source = daemon.plugins.sources[spec.source]
+    for key, value in spec.options.items():
+        rule = source.keys.get(key)
+        if rule is None or rule.kind != "url" or not isinstance(value, str):
+            continue
+        refused = await _refused_address(value, daemon.settings.api_allow_link_local)
         if refused:
             daemon.audit.record("api.download", model_id, peer=_peer(request), outcome="refused")
-            return error(400, refused, "set api.allow_link_local: true to allow it")
+            return error(400, f"{key}: {refused}", "set api.allow_link_local: true to allow it")
     declared = daemon.manifest is not None and model_id in daemon.manifest.models
     await daemon.add_request(model_id, body)
     number = daemon.request_pass(f"download {model_id}", ids=[model_id], force=True)

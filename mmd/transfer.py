@@ -194,9 +194,11 @@ def _request_headers(file: RemoteFile, part: PartFile) -> dict[str, str]:
 def _can_resume(file: RemoteFile, part: PartFile) -> bool:
     """Resume only when a changed remote file would be noticed (validator or digest)."""
     meta = part.load_meta()
-    if meta.get("url") != file.url:
-        return False
-    return bool(meta.get("validator")) or file.sha256 is not None
+    if file.sha256 is not None:
+        # The digest catches any splice, so a re-signed URL (LFS hrefs, presigned S3,
+        # CDN tokens) for the same file keeps its bytes.
+        return True
+    return meta.get("url") == file.url and bool(meta.get("validator"))
 
 
 async def _attempt(
@@ -260,6 +262,11 @@ def _check_status(resp: aiohttp.ClientResponse, url: str, file: RemoteFile) -> N
     reason = f"HTTP {resp.status} {resp.reason or ''}".strip() + f" from {show_url(url)}"
     if resp.status in (408, 429) or resp.status >= 500:
         raise RetryableHTTPError(reason, parse_retry_after(resp.headers.get("Retry-After")))
+    if resp.status == 403 and resp.headers.get("X-RateLimit-Remaining") == "0":
+        # GitHub's (and others') rate limit: wait for the reset, do not give up.
+        reset = resp.headers.get("X-RateLimit-Reset", "")
+        wait = float(reset) - time.time() if reset.replace(".", "", 1).isdigit() else None
+        raise RetryableHTTPError(reason + " (rate limited)", max(1.0, wait) if wait else None)
     hint = "check the URL and credentials" if resp.status in (401, 403, 404) else None
     raise DownloadError(f"{file.path}: {reason}", hint, retryable=False)
 

@@ -304,7 +304,13 @@ async def test_manifest_models_cannot_be_deleted_and_ids_are_checked(
         (
             {"model_id": "x", "source": "http", "url": "http://169.254.169.254/latest"},
             400,
-            "refused: 169.254.169.254 resolves to 169.254.169.254",
+            "url: refused: 169.254.169.254 resolves to 169.254.169.254",
+            None,
+        ),
+        (
+            {"model_id": "x", "source": "github", "release": "v1", "api_url": "http://[fe80::1]/"},
+            400,
+            "api_url: refused: fe80::1 resolves to fe80::1",
             None,
         ),
     ],

@@ -101,6 +101,7 @@ def test_private_release_token_goes_to_the_api_only(
     assert "repository acme/secret not found on" in result.out
     assert "if it is private, set GITHUB_TOKEN" in result.out
     monkeypatch.setenv("GITHUB_TOKEN", github.token)
+    monkeypatch.setenv("GITHUB_API_URL", github.url)  # the API this node trusts
     result = mmd("sync")
     assert result.code == 0, result.out
     assert on_disk(home, "acme/secret") == {"w.bin": WEIGHTS}
@@ -210,6 +211,7 @@ def test_token_is_not_forwarded_when_the_api_redirects_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", github.token)
+    monkeypatch.setenv("GITHUB_API_URL", github.url)
     github.add_commit("acme", "tok", ["main"], {"config.json": CONFIG})
     mirror = fileserver.add("mirror/config.json", CONFIG)
     github.set_fault("config.json", redirect_to=mirror)
@@ -220,3 +222,28 @@ def test_token_is_not_forwarded_when_the_api_redirects_elsewhere(
     seen = fileserver.requests_for("mirror/config.json")
     assert len(seen) == 2  # the LFS-pointer look at resolve, then the download
     assert all(r.header("Authorization") is None for r in seen)
+
+
+def test_token_only_goes_to_the_configured_api(
+    home: Home, mmd: Mmd, github: GitHubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GITHUB_API_URL unset: the node trusts api.github.com. A manifest (or an API
+    # request) naming another api_url gets no token.
+    monkeypatch.setenv("GITHUB_TOKEN", github.token)
+    github.add_release("acme", "det", "v1", {"model.onnx": WEIGHTS})
+    manifest(home, github, "acme/det", release="v1")
+    result = mmd("sync")
+    assert result.code == 0, result.out
+    assert github.requests_matching()
+    assert all(github.token not in str(r.headers) for r in github.requests_matching())
+
+
+def test_manifest_sha256_must_agree_with_githubs_digest(
+    home: Home, mmd: Mmd, github: GitHubServer
+) -> None:
+    github.add_release("acme", "det", "v1", {"model.onnx": b"replaced" * 1000})
+    manifest(home, github, "acme/det", release="v1", sha256=sha(WEIGHTS))
+    result = mmd("sync")
+    assert result.code == 1
+    assert f"the manifest pins sha256 {sha(WEIGHTS)}, GitHub says" in result.out
+    assert not (home.storage / "github/acme/det").exists()

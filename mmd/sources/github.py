@@ -72,9 +72,11 @@ class _Api:
     def __init__(self, spec: ModelSpec, ctx: SourceContext) -> None:
         options = spec.options
         self.repo = str(options.get("repo") or spec.model_id)
-        base = options.get("api_url") or ctx.env.get("GITHUB_API_URL") or DEFAULT_API
-        self.base = str(base).rstrip("/")
-        self.token = _token(ctx)
+        trusted = str(ctx.env.get("GITHUB_API_URL") or DEFAULT_API).rstrip("/")
+        self.base = str(options.get("api_url") or trusted).rstrip("/")
+        # The node's token goes only to the API the node is configured for: a manifest
+        # entry or an API request naming another `api_url` must not collect it.
+        self.token = _token(ctx) if origin(self.base) == origin(trusted) else None
 
     def headers(self, accept: str = "application/vnd.github+json") -> dict[str, str]:
         headers = {
@@ -94,7 +96,16 @@ class _Api:
         return self.request("GET", self.url(path, **query), None, self.headers(accept))
 
     def get_json(self, path: str, **query: str) -> Any:
-        return json.loads(self.get(path, **query))
+        return self.parse(self.get(path, **query), path)
+
+    def parse(self, data: bytes, what: str) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise SourceError(
+                f"{self.base} answered {what} with something that is not JSON",
+                hint="is api_url the API's base (e.g. https://ghe.example.com/api/v3)?",
+            ) from None
 
     def request(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
@@ -120,7 +131,8 @@ class _Api:
                     continue
                 raise _http_error(self, exc, url) from None
             except (urllib.error.URLError, OSError) as exc:
-                if attempt < MAX_ATTEMPTS and not isinstance(exc, ConnectionRefusedError):
+                refused = isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
+                if attempt < MAX_ATTEMPTS and not refused:
                     time.sleep(min(2.0**attempt, 10.0))
                     continue
                 reason = getattr(exc, "reason", exc)
@@ -145,8 +157,10 @@ def _rate_limit_wait(exc: urllib.error.HTTPError) -> float | None:
         try:
             seconds = float(retry_after)
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(retry_after)
-            seconds = parsed.timestamp() - time.time()
+            try:
+                seconds = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+            except (TypeError, ValueError):
+                seconds = 60.0
     elif headers.get("X-RateLimit-Remaining") == "0" and headers.get("X-RateLimit-Reset"):
         seconds = float(headers["X-RateLimit-Reset"]) - time.time()
     else:
@@ -221,6 +235,11 @@ def _resolve_release(spec: ModelSpec, api: _Api) -> Release:
         asset = assets[name]
         digest = str(asset.get("digest") or "")
         sha256 = digest[7:].lower() if digest.startswith("sha256:") else None
+        if pinned and sha256 is not None and sha256 != str(pinned).lower():
+            raise SourceError(
+                f"{name} in release {release.get('tag_name')} of {api.repo} changed: the "
+                f"manifest pins sha256 {str(pinned).lower()}, GitHub says {sha256}"
+            )
         if sha256 is None and pinned:
             sha256 = str(pinned).lower()
         if sha256 is None:
@@ -297,7 +316,7 @@ def _lfs_downloads(api: _Api, objects: list[tuple[str, int]]) -> dict[str, tuple
     ).encode()
     headers = api.headers("application/vnd.git-lfs+json")
     headers["Content-Type"] = "application/vnd.git-lfs+json"
-    answer = json.loads(api.request("POST", endpoint, body, headers))
+    answer = api.parse(api.request("POST", endpoint, body, headers), "the LFS batch request")
     found: dict[str, tuple[str, dict]] = {}
     for obj in answer.get("objects") or []:
         download = (obj.get("actions") or {}).get("download")
@@ -314,7 +333,14 @@ def _resolve_ref(spec: ModelSpec, api: _Api) -> Release:
     tree = api.get_json(f"/repos/{api.repo}/git/trees/{sha}", recursive="1")
     if tree.get("truncated"):
         raise SourceError(f"the tree of {api.repo}@{sha} is too large for one API answer")
-    blobs = {str(e["path"]): e for e in tree.get("tree") or [] if e.get("type") == "blob"}
+    entries = tree.get("tree") or []
+    # Mode 120000 is a symlink: its blob is the link text, which the contents API does
+    # not serve (it follows the link). Such files are left out.
+    blobs = {
+        str(e["path"]): e
+        for e in entries
+        if e.get("type") == "blob" and str(e.get("mode")) != "120000"
+    }
     paths = select(sorted(blobs), spec.options.get("files"), spec.options.get("exclude"))
     if not paths:
         wanted = spec.options.get("files") or "*"
@@ -373,6 +399,8 @@ def validate(options: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
         yield "assets", "`assets:` goes with `release:`"
     if "files" in options and "ref" not in options:
         yield "files", "`files:` goes with `ref:`"
+    if "exclude" in options and "ref" not in options:
+        yield "exclude", "`exclude:` goes with `ref:` (for releases, list the `assets:` to keep)"
     if "sha256" in options and "release" not in options:
         yield "sha256", "`sha256:` pins one release asset; files at a ref are checked by git"
     repo = options.get("repo")

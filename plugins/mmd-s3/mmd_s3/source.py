@@ -338,7 +338,8 @@ def _sha256s(
     wanted = [
         o
         for o in objects
-        if "SHA256" in (o.get("ChecksumAlgorithm") or []) and verify.etag_parts(o.get("ETag")) == 1
+        if "SHA256" in (o.get("ChecksumAlgorithm") or [])
+        and not verify.multipart_etag(o.get("ETag"))
     ]
     if not wanted:
         return {}

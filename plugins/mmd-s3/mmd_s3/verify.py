@@ -42,6 +42,11 @@ def etag_parts(etag: str | None) -> int | None:
     return int(match.group(2)) if match else None
 
 
+def multipart_etag(etag: str | None) -> bool:
+    """An ETag of the `md5-of-part-md5s-N` shape, N = 1 included (one-part uploads)."""
+    return _MULTIPART.fullmatch(plain_etag(etag)) is not None
+
+
 def sha256_hex(b64: str) -> str | None:
     """A full-object `ChecksumSHA256` (base64) as hex; None for a composite or bad one."""
     if _SUFFIX.match(b64.strip()):
@@ -63,7 +68,7 @@ def full_object_sha256(head: Mapping[str, Any]) -> str | None:
     value = head.get("ChecksumSHA256")
     if not value or head.get("ChecksumType") == "COMPOSITE":
         return None
-    if (etag_parts(head.get("ETag")) or 1) > 1 or head.get("PartsCount", 1) > 1:
+    if multipart_etag(head.get("ETag")) or head.get("PartsCount", 1) > 1:
         return None
     return sha256_hex(str(value))
 
@@ -132,13 +137,13 @@ def checks_for(head: Mapping[str, Any], *, sha256_known: bool) -> list[Check]:
     encrypted = head.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or bool(
         head.get("SSECustomerAlgorithm")
     )
-    multipart = (parts or 1) > 1 or head.get("PartsCount", 1) > 1
+    multipart = multipart_etag(etag) or head.get("PartsCount", 1) > 1
     checks: list[Check] = []
     sha = str(head.get("ChecksumSHA256") or "")
     if sha and multipart:
         checks.append(Check("sha256 composite checksum", sha, "sha256", True, "base64"))
     if parts is not None and not encrypted:
-        checks.append(Check("etag", etag, "md5", parts > 1, "hex"))
+        checks.append(Check("etag", etag, "md5", multipart_etag(etag), "hex"))
     if not checks and not sha256_known:
         if sha and not multipart:
             checks.append(Check("sha256", sha, "sha256", False, "base64"))

@@ -151,6 +151,9 @@ def test_multipart_uploads_are_verified(home: Home, mmd: Mmd, s3: S3, proxy: Pro
     s3.put_multipart("mp/other.bin", with_sha, part_size=5 * MIB, ChecksumAlgorithm="SHA256")
     uneven = [payload(7 * MIB, b"p1"), payload(5 * MIB, b"p2"), payload(MIB, b"p3")]
     s3.put_parts("mp/uneven.bin", uneven)
+    # A one-part multipart upload (aws s3 cp of exactly 8 MiB): its ETag ends in "-1".
+    one = payload(6 * MIB, b"one")
+    assert s3.put_parts("mp/one.bin", [one]).endswith('-1"')
     home.write_manifest(
         f"""
         models:
@@ -166,6 +169,7 @@ def test_multipart_uploads_are_verified(home: Home, mmd: Mmd, s3: S3, proxy: Pro
         "model.bin": plain,
         "other.bin": with_sha,
         "uneven.bin": b"".join(uneven),
+        "one.bin": one,
     }
     heads = [r.path for r in proxy.log if r.method == "HEAD"]
     # Part 1's size for each; every part's size for the one with unequal parts.
