@@ -2,7 +2,7 @@
 
 A plugin is a module or object with functions marked `@mmd.hookimpl`. It ships in a
 distribution with an entry point in the group `mmd` (see plugins/README.md). The
-built-in sources `http` and `local` are plugins of exactly this shape.
+built-in sources `huggingface`, `github`, `http` and `local` are plugins of exactly this shape.
 
 A source only *resolves* (which version, which files, sizes, digests, URLs) and, when
 plain HTTP cannot reach its bytes, *fetches* one file into a sink it is given. Staging,

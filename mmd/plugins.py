@@ -74,6 +74,14 @@ def load_plugins(extra: Iterable[object] = (), *, use_entry_points: bool = True)
     broken: list[str] = []
     if use_entry_points:
         for ep in entry_points(group=GROUP):
+            if ep.name in BUILTINS and ep.value != BUILTINS[ep.name]:
+                # Another distribution taking a built-in's name would silently replace it.
+                broken.append(
+                    f"plugin {ep.name!r} ({ep.value}, from {ep.dist.name if ep.dist else '?'}) "
+                    f"uses the name of mmd's built-in {ep.name!r} source"
+                )
+                log.warning("%s; skipping it", broken[-1])
+                continue
             if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
                 continue
             try:

@@ -18,6 +18,10 @@ WEIGHTS = payload(300_000, b"gh")
 LABELS = b"cat\ndog\n"
 CONFIG = b'{"model_type": "llama"}\n'
 BIG = payload(200_000, b"lfs")
+ATTRIBUTES = b"# LFS\nweights/*.bin filter=lfs diff=lfs merge=lfs -text\n*.md text\n"
+FAKE_POINTER = (
+    b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32 + b"\nsize 12345\n"
+)
 
 
 def sha(data: bytes) -> str:
@@ -131,12 +135,23 @@ def test_corrupted_asset_bytes_are_caught(home: Home, mmd: Mmd, github: GitHubSe
 def test_files_at_a_branch_with_lfs_then_pinned_commit_makes_no_request(
     home: Home, mmd: Mmd, github: GitHubServer
 ) -> None:
-    files = {"config.json": CONFIG, "weights/model.bin": BIG, "README.md": b"# hi\n"}
+    files = {
+        "config.json": CONFIG,
+        "weights/model.bin": BIG,
+        "README.md": b"# hi\n",
+        ".gitattributes": ATTRIBUTES,
+        # Looks like a pointer, but LFS does not track it: it is published as it is in git.
+        "docs/pointer-example.txt": FAKE_POINTER,
+    }
     commit = github.add_commit("acme", "tok", ["main"], files, lfs=["weights/model.bin"])
-    manifest(home, github, "acme/tok", ref="main", files=["*.json", "weights/*"])
+    manifest(home, github, "acme/tok", ref="main", files=["*.json", "weights/*", "docs/*"])
     result = mmd("sync")
     assert result.code == 0, result.out + result.err
-    assert on_disk(home, "acme/tok") == {"config.json": CONFIG, "weights/model.bin": BIG}
+    assert on_disk(home, "acme/tok") == {
+        "config.json": CONFIG,
+        "weights/model.bin": BIG,
+        "docs/pointer-example.txt": FAKE_POINTER,
+    }
     entry = home.entry("acme/tok")
     assert entry["version"] == commit
     assert {f["path"]: f["sha256"] for f in entry["files"]}["weights/model.bin"] == sha(BIG)
@@ -153,7 +168,7 @@ def test_files_at_a_branch_with_lfs_then_pinned_commit_makes_no_request(
     assert github.bytes_sent("acme/tok/lfs/*") == lfs_before
 
     # Pinned to the full sha and in storage: not a single request.
-    manifest(home, github, "acme/tok", ref=commit2, files=["*.json", "weights/*"])
+    manifest(home, github, "acme/tok", ref=commit2, files=["*.json", "weights/*", "docs/*"])
     assert mmd("sync").code == 0
     github.reset_stats()
     assert mmd("sync").code == 0
@@ -212,16 +227,21 @@ def test_token_is_not_forwarded_when_the_api_redirects_elsewhere(
 ) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", github.token)
     monkeypatch.setenv("GITHUB_API_URL", github.url)
-    github.add_commit("acme", "tok", ["main"], {"config.json": CONFIG})
-    mirror = fileserver.add("mirror/config.json", CONFIG)
-    github.set_fault("config.json", redirect_to=mirror)
-    manifest(home, github, "acme/tok", ref="main")
+    # Blobs are cached by content for the process: these bytes are new to it.
+    attributes = ATTRIBUTES + b"# redirect test\n"
+    github.add_commit(
+        "acme", "tok", ["main"], {"config.json": CONFIG, ".gitattributes": attributes}
+    )
+    # .gitattributes is read by the source itself (urllib), config.json by the core.
+    for name, data in ((".gitattributes", attributes), ("config.json", CONFIG)):
+        github.set_fault(name, redirect_to=fileserver.add(f"mirror/{name}", data))
+    manifest(home, github, "acme/tok", ref="main", files=["config.json"])
     result = mmd("sync")
     assert result.code == 0, result.out
     assert on_disk(home, "acme/tok") == {"config.json": CONFIG}
-    seen = fileserver.requests_for("mirror/config.json")
-    assert len(seen) == 2  # the LFS-pointer look at resolve, then the download
-    assert all(r.header("Authorization") is None for r in seen)
+    for name in (".gitattributes", "config.json"):
+        seen = fileserver.requests_for(f"mirror/{name}")
+        assert seen and all(r.header("Authorization") is None for r in seen), name
 
 
 def test_token_only_goes_to_the_configured_api(
@@ -247,3 +267,15 @@ def test_manifest_sha256_must_agree_with_githubs_digest(
     assert result.code == 1
     assert f"the manifest pins sha256 {sha(WEIGHTS)}, GitHub says" in result.out
     assert not (home.storage / "github/acme/det").exists()
+
+
+def test_a_long_rate_limit_fails_the_check_with_its_reset_time(
+    home: Home, mmd: Mmd, github: GitHubServer
+) -> None:
+    github.add_release("acme", "det", "v1", {"model.onnx": WEIGHTS})
+    manifest(home, github, "acme/det", release="v1")
+    github.rate_limit(1, mode="403", reset_in=3600)
+    result = mmd("sync")
+    assert result.code == 1
+    assert "GitHub rate limit until " in result.out
+    assert "set GITHUB_TOKEN for a higher limit" in result.out

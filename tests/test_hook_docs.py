@@ -113,11 +113,13 @@ def test_every_hook_documents_its_arguments_in_hookspecs(hook: str) -> None:
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_has_a_test(hook: str) -> None:
-    # Implemented by a plugin some test loads (datasette greps its test plugins the same way).
+    # Implemented by a plugin some test loads (datasette greps its test plugins the same
+    # way): an `@hookimpl`-decorated function of that name, not only the text.
+    pattern = re.compile(rf"@hookimpl[^\n]*\n(?:\s*@[^\n]*\n)*\s*def {hook}\(")
     users = [
         path.name
         for path in TESTS.rglob("*.py")
-        if path != Path(__file__).resolve() and f"def {hook}(" in path.read_text()
+        if path != Path(__file__).resolve() and pattern.search(path.read_text())
     ]
     assert users, f"no test implements the hook {hook}"
 

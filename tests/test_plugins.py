@@ -136,3 +136,17 @@ def test_extra_plugin_objects_register(mmd: Mmd, home: Home) -> None:
     home.write_manifest("models:\n  x:\n    source: static\n")
     assert mmd("validate").code == 1
     assert mmd("validate", plugins=[StaticSource("static", [])]).code == 0
+
+
+def test_a_plugin_taking_a_builtin_name_is_reported_not_obeyed(site: Path, mmd: Mmd) -> None:
+    install_fake_distribution(
+        site,
+        "evil-http",
+        {"http": "mmdtest_evil"},
+        {"mmdtest_evil": GOOD_PLUGIN.format(name="zoo")},
+    )
+    plugins = load_plugins()
+    assert plugins.sources["http"].description == "one file from an http(s) URL"
+    assert "zoo" not in plugins.sources
+    assert any("uses the name of mmd's built-in 'http' source" in b for b in plugins.broken)
+    assert "broken: plugin 'http' (mmdtest_evil, from evil-http)" in mmd("plugins").out

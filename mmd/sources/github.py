@@ -26,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
+from fnmatch import fnmatch
 from typing import Any
 
 from mmd import __version__
@@ -42,8 +43,10 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _LFS_SPEC = b"version https://git-lfs.github.com/spec/v1"
 LFS_POINTER_MAX = 1024  # a pointer file is never larger (git-lfs spec)
 REQUEST_TIMEOUT = 30.0
-# Waiting out a rate limit is better than failing; waiting longer than this is not.
-RATE_LIMIT_WAIT_CAP = 900.0
+# Waiting out a short rate limit is better than failing. A longer one fails this model's
+# check (one line, with the reset time): a resolve thread cannot be interrupted, and the
+# whole pass, `mmd plan` and Ctrl-C would wait for it. The daemon's backoff retries later.
+RATE_LIMIT_WAIT_CAP = 60.0
 MAX_ATTEMPTS = 4
 
 
@@ -117,6 +120,10 @@ class _Api:
                     return bytes(response.read())
             except urllib.error.HTTPError as exc:
                 wait = _rate_limit_wait(exc)
+                if wait is not None and wait > RATE_LIMIT_WAIT_CAP:
+                    until = time.strftime("%H:%M:%S", time.localtime(time.time() + wait))
+                    hint = "set GITHUB_TOKEN for a higher limit" if not self.token else None
+                    raise SourceError(f"GitHub rate limit until {until}", hint=hint) from None
                 if wait is not None and attempt < MAX_ATTEMPTS:
                     log.warning(
                         "%s: GitHub rate limit; waiting %.0fs for it to reset%s",
@@ -165,8 +172,7 @@ def _rate_limit_wait(exc: urllib.error.HTTPError) -> float | None:
         seconds = float(headers["X-RateLimit-Reset"]) - time.time()
     else:
         return None
-    seconds = max(1.0, seconds)
-    return seconds if seconds <= RATE_LIMIT_WAIT_CAP else None
+    return max(1.0, seconds)
 
 
 def _http_error(api: _Api, exc: urllib.error.HTTPError, url: str) -> SourceError:
@@ -303,8 +309,63 @@ def _lfs_pointer(data: bytes) -> tuple[str, int] | None:
     return oid[7:].lower(), int(size)
 
 
-def _lfs_downloads(api: _Api, objects: list[tuple[str, int]]) -> dict[str, tuple[str, dict]]:
+_POINTERS: dict[str, tuple[str, int] | None] = {}  # blob sha -> LFS pointer, or None
+_ATTRIBUTES: dict[str, list[str]] = {}  # blob sha of a .gitattributes -> LFS patterns
+_CACHE_MAX = 50_000
+
+
+def _remember(cache: dict[str, Any], key: str, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
+def _lfs_rules(api: _Api, sha: str, blobs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(folder, pattern) of every `filter=lfs` line in the tree's .gitattributes files."""
+    rules: list[tuple[str, str]] = []
+    for path, blob in blobs.items():
+        if path.rsplit("/", 1)[-1] != ".gitattributes":
+            continue
+        key = str(blob["sha"])
+        if key not in _ATTRIBUTES:
+            text = api.get(
+                f"/repos/{api.repo}/contents/{path}", "application/vnd.github.raw", ref=sha
+            ).decode(errors="replace")
+            patterns = [
+                line.split()[0]
+                for line in text.splitlines()
+                if line.strip()
+                and not line.lstrip().startswith("#")
+                and "filter=lfs" in line.split()[1:]
+            ]
+            _remember(_ATTRIBUTES, key, patterns)
+        folder = path.rsplit("/", 1)[0] if "/" in path else ""
+        rules.extend((folder, pattern) for pattern in _ATTRIBUTES[key])
+    return rules
+
+
+def _tracked(path: str, rules: list[tuple[str, str]]) -> bool:
+    """Does a gitattributes pattern put this path under LFS (git's matching, simplified)?"""
+    for folder, pattern in rules:
+        if folder and not path.startswith(folder + "/"):
+            continue
+        rel = path[len(folder) + 1 :] if folder else path
+        anchored = pattern.lstrip("/")
+        if "/" not in pattern.strip("/"):
+            # No slash: matches the name at any depth below the file's folder.
+            if fnmatch(rel.rsplit("/", 1)[-1], anchored):
+                return True
+        elif fnmatch(rel, anchored.replace("**/", "*").replace("/**", "/*")):
+            return True
+    return False
+
+
+def _lfs_downloads(
+    api: _Api, pointers: Mapping[str, tuple[str, int]]
+) -> dict[str, tuple[str, dict]]:
     """oid -> (href, headers) from the Git LFS batch API."""
+    objects = sorted(set(pointers.values()))
+    paths = {oid: path for path, (oid, _) in pointers.items()}
     info = api.get_json(f"/repos/{api.repo}")
     endpoint = f"{str(info['html_url']).rstrip('/')}.git/info/lfs/objects/batch"
     body = json.dumps(
@@ -322,8 +383,12 @@ def _lfs_downloads(api: _Api, objects: list[tuple[str, int]]) -> dict[str, tuple
         download = (obj.get("actions") or {}).get("download")
         if obj.get("error") or not download:
             problem = (obj.get("error") or {}).get("message", "no download link")
-            raise SourceError(f"LFS object {obj.get('oid')} of {api.repo}: {problem}")
+            where = paths.get(str(obj.get("oid")), str(obj.get("oid")))
+            raise SourceError(f"{where}: the LFS object of {api.repo} is unavailable: {problem}")
         found[str(obj["oid"])] = (str(download["href"]), dict(download.get("header") or {}))
+    missing = [paths[oid] for oid, _ in objects if oid not in found]
+    if missing:
+        raise SourceError(f"{missing[0]}: the LFS server gave no download for it")
     return found
 
 
@@ -346,14 +411,21 @@ def _resolve_ref(spec: ModelSpec, api: _Api) -> Release:
         wanted = spec.options.get("files") or "*"
         raise SourceError(f"no file in {api.repo}@{sha[:12]} matches {wanted}")
     raw = "application/vnd.github.raw"
+    lfs_rules = _lfs_rules(api, sha, blobs)
     pointers: dict[str, tuple[str, int]] = {}
     for path in paths:
-        if int(blobs[path].get("size") or 0) <= LFS_POINTER_MAX:
-            # Small enough to be an LFS pointer: look (the real content is elsewhere).
-            pointer = _lfs_pointer(api.get(f"/repos/{api.repo}/contents/{path}", raw, ref=sha))
-            if pointer is not None:
-                pointers[path] = pointer
-    hrefs = _lfs_downloads(api, sorted(set(pointers.values()))) if pointers else {}
+        blob = blobs[path]
+        if int(blob.get("size") or 0) > LFS_POINTER_MAX or not _tracked(path, lfs_rules):
+            continue
+        # Tracked by LFS in .gitattributes: the blob should be a pointer. Blobs are
+        # content-addressed, so what one says is remembered for good.
+        key = str(blob["sha"])
+        if key not in _POINTERS:
+            data = api.get(f"/repos/{api.repo}/contents/{path}", raw, ref=sha)
+            _remember(_POINTERS, key, _lfs_pointer(data))
+        if (pointer := _POINTERS[key]) is not None:
+            pointers[path] = pointer
+    hrefs = _lfs_downloads(api, pointers) if pointers else {}
     files = []
     for path in paths:
         if path in pointers:
