@@ -373,10 +373,13 @@ async def test_events_stream_status_and_progress_during_a_download(
     url = fileserver.add("e.bin", data)
     fileserver.set_fault("e.bin", stall_after=2 * 1024 * 1024, stall_seconds=2.5)
     seen: list[tuple[str, dict]] = []
+    connected = asyncio.Event()
 
     async def listen() -> None:
         async with api.session.get(api.url + "/events") as response:
             assert response.headers["Content-Type"] == "text/event-stream"
+            await response.content.readline()  # the stream's opening comment
+            connected.set()
             kind = None
             async for raw in response.content:
                 line = raw.decode().rstrip("\n")
@@ -388,7 +391,7 @@ async def test_events_stream_status_and_progress_during_a_download(
                         return
 
     listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(connected.wait(), 10)
     code, _, _ = await api.call(
         "POST", "/models/download", {"model_id": "ev", **http_spec(url, data)}
     )
