@@ -50,6 +50,37 @@ def finished_in(stages: list[Path]) -> dict[str, Path]:
     return found
 
 
+def adopt_partial(siblings: list[Path], rel: str, final: Path, size: int | None) -> int:
+    """Move the longest interrupted download of `rel` from an older stage of this model.
+
+    For when the version moved while a large file was half there (a branch, a changed
+    small file): its bytes are kept. Only safe where the resume itself checks the bytes
+    (a known sha256, or If-Range against the saved validator); the caller decides.
+    Returns the bytes adopted (0: nothing).
+    """
+    part = final.with_name(final.name + ".part")
+    if part.exists() or part.is_symlink():
+        return 0
+    best: tuple[Path, int] | None = None
+    for stage in siblings:
+        candidate = stage / "files" / (rel + ".part")
+        if candidate.is_symlink() or not candidate.is_file():
+            continue
+        have = candidate.stat().st_size
+        if size is not None and have > size:
+            continue
+        if best is None or have > best[1]:
+            best = (candidate, have)
+    if best is None or best[1] == 0:
+        return 0
+    candidate, have = best
+    os.rename(candidate, part)
+    meta = candidate.with_name(candidate.name + ".json")
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(meta, part.with_name(part.name + ".json"))
+    return have
+
+
 def keep_only(files_dir: Path, wanted: set[str]) -> None:
     """Drop from a stage what this version does not list (an earlier selection's files,
     stray .part files), so the folder switched in holds exactly the registry's files."""

@@ -24,6 +24,7 @@ from mmd.plugins import Plugins
 from mmd.registry import Registry, utc_now
 from mmd.stage import (
     SourceSink,
+    adopt_partial,
     finished_in,
     keep_only,
     load_done,
@@ -286,7 +287,9 @@ class Syncer:
         try:
             results = await asyncio.gather(
                 *(
-                    self._file(action, source, f, files_dir, stage, done, reusable, current, kept)
+                    self._file(
+                        action, source, f, files_dir, stage, done, reusable, current, kept, siblings
+                    )
                     for f in release.files
                 ),
                 return_exceptions=True,
@@ -369,6 +372,7 @@ class Syncer:
         reusable: dict[str, Path],
         current: Path,
         kept: Mapping[str, FileEntry],
+        siblings: list[Path],
     ) -> None:
         final = files_dir / file.path
         if file.path in done and final.is_file():
@@ -398,6 +402,16 @@ class Syncer:
             if digest is not None:
                 mark_done(stage, done, file.path, final.stat().st_size, digest)
                 return
+        if siblings and (file.sha256 is not None or source.fetch is None):
+            # A sha256 or the transfer's If-Range catches bytes of another content.
+            adopted = await asyncio.to_thread(adopt_partial, siblings, file.path, final, file.size)
+            if adopted:
+                log.info(
+                    "%s: %s: keeping %d bytes from the previous version's download",
+                    action.model_id,
+                    file.path,
+                    adopted,
+                )
         async with self.slots:
             part = PartFile(final, file.path)
             blob_size = file.size if file.git_sha1 and not file.sha256 else None

@@ -330,6 +330,10 @@ def test_branch_moving_mid_download_keeps_finished_files(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert hf_endpoint.bytes_sent("small.safetensors") == 0  # finished: reused, verified
+    # Half there: the new version's stage adopts the bytes and resumes with a Range.
+    assert 0 < hf_endpoint.bytes_sent("big.safetensors") <= len(big) - 3_000_000
+    cdn = hf_endpoint.requests_matching("big.safetensors", method="GET")
+    assert cdn[-1].range is not None and cdn[-1].range != "bytes=0-"
     assert on_disk(home, "org/m") == {
         "big.safetensors": big,
         "small.safetensors": small,
