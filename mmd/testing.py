@@ -59,6 +59,9 @@ SCRUBBED_VARIABLES = (
     *("HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"),
     *("HF_HUB_ENABLE_HF_TRANSFER", "GITHUB_TOKEN", "GITHUB_API_URL"),
     *("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"),
+    # A developer's real cloud credentials must not reach a plugin's tests.
+    *("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"),
+    *("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL"),
 )
 
 ManifestInput = Mapping[str, Any] | str
@@ -231,6 +234,8 @@ def mmd_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MmdStorage:
     monkeypatch.setenv("MMD_HOME", str(root))
     # The built-in huggingface source must never reach the real hub from a test.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("GITHUB_API_URL", "http://127.0.0.1:9")  # nothing answers there
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     return MmdStorage(root)
