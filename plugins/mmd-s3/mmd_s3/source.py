@@ -497,7 +497,7 @@ def fetch(spec: ModelSpec, file: RemoteFile, sink: Sink, ctx: SourceContext) -> 
         if not checks and file.sha256 is None:
             raise DownloadError(
                 f"{file.path}: cannot verify {loc}: its ETag is not an MD5 (SSE-KMS, SSE-C "
-                "or another store's ETag) and it has no SHA256 or CRC32 checksum",
+                "or another store's ETag) and it has no SHA256, SHA1 or CRC32 checksum",
                 hint="upload it with a checksum (aws s3 cp --checksum-algorithm SHA256), "
                 "or pin `sha256` in the manifest",
                 retryable=False,

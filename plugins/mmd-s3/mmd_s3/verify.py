@@ -100,7 +100,7 @@ class Check:
 
     label: str
     expected: str
-    algo: str  # "md5", "sha256" or "crc32"
+    algo: str  # "md5", "sha1", "sha256" or "crc32"
     multipart: bool  # per part, then a digest of the part digests
     encoding: str  # "hex" (ETag) or "base64" (x-amz-checksum-*)
 
@@ -151,6 +151,9 @@ def checks_for(head: Mapping[str, Any], *, sha256_known: bool) -> list[Check]:
         if crc:
             composite = multipart and head.get("ChecksumType") != "FULL_OBJECT"
             checks.append(Check("crc32 checksum", crc, "crc32", composite, "base64"))
+        sha1 = str(head.get("ChecksumSHA1") or "")
+        if sha1 and not checks:  # SHA1 is composite for multipart uploads, as SHA256 is
+            checks.append(Check("sha1 checksum", sha1, "sha1", multipart, "base64"))
     return checks
 
 

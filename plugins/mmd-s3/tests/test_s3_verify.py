@@ -76,6 +76,11 @@ def test_kms_objects_need_a_checksum() -> None:
     assert [c.label for c in checks] == ["crc32 checksum"]
     assert run(checks, [len(data)], data) is None
     assert run(checks, [len(data)], data.upper()) is not None
+    sha1 = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    checks = verify.checks_for({**head, "ChecksumSHA1": sha1}, sha256_known=False)
+    assert [c.label for c in checks] == ["sha1 checksum"]
+    assert run(checks, [len(data)], data) is None
+    assert run(checks, [len(data)], data.upper()) is not None
 
 
 def test_guessed_part_sizes() -> None:
