@@ -601,6 +601,9 @@ def _stream(
                     digests.update(chunk)
             finally:
                 body.close()
+            if sink.offset == start:
+                # An empty answer short of the end: count it, or this loop never ends.
+                raise ConnectionError(f"empty response at byte {start} of {size}")
         except DownloadError:
             raise
         except ClientError as exc:
