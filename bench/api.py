@@ -85,7 +85,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from common import ROOT, SCRUBBED_VARIABLES, main_guard, run, stop_process
+from common import ROOT, SCRUBBED_VARIABLES, main_guard, print_targets, run, stop_process
 
 GEN_CHUNK = 4 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -841,19 +841,7 @@ def report(args: argparse.Namespace, size: int, r: dict[str, Any]) -> int:
         "latencies to the last byte of the body; MB = 10^6 bytes."
     )
     print()
-    texts = [("measure", "measured", "target"), *((n, m, t) for n, m, t, _ in rows)]
-    widths = [max(len(x[i]) for x in texts) for i in (0, 1, 2)]
-    head = (
-        f"{'measure':<{widths[0]}} | {'measured':>{widths[1]}} | {'target':<{widths[2]}} | verdict"
-    )
-    print(head)
-    print("-" * len(head))
-    for name, measured, target, ok in rows:
-        print(
-            f"{name:<{widths[0]}} | {measured:>{widths[1]}} | {target:<{widths[2]}} | "
-            f"{'PASS' if ok else 'FAIL'}"
-        )
-    print("-" * len(head))
+    print_targets(rows)
     print()
     for label, samples in (("idle", r["idle"]), ("during downloads", r["during"])):
         for kind in ("list", "status"):

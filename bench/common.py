@@ -16,7 +16,14 @@ if str(ROOT) not in sys.path:
 
 from tests.servers.isolation import SCRUBBED_VARIABLES  # noqa: E402
 
-__all__ = ["ROOT", "SCRUBBED_VARIABLES", "main_guard", "run", "stop_process"]
+__all__ = [
+    "ROOT",
+    "SCRUBBED_VARIABLES",
+    "main_guard",
+    "print_targets",
+    "run",
+    "stop_process",
+]
 
 
 def run(bench: Callable[[], int]) -> int:
@@ -60,3 +67,20 @@ def stop_process(proc: subprocess.Popen[str], *, close_stdin: bool = False) -> N
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+def print_targets(rows: list[tuple[str, str, str, bool]]) -> None:
+    """The table every bench ends with: measure | measured | target | PASS/FAIL."""
+    texts = [("measure", "measured", "target"), *((n, m, t) for n, m, t, _ in rows)]
+    widths = [max(len(x[i]) for x in texts) for i in (0, 1, 2)]
+    head = (
+        f"{'measure':<{widths[0]}} | {'measured':>{widths[1]}} | {'target':<{widths[2]}} | verdict"
+    )
+    print(head)
+    print("-" * len(head))
+    for name, measured, target, ok in rows:
+        print(
+            f"{name:<{widths[0]}} | {measured:>{widths[1]}} | {target:<{widths[2]}} | "
+            f"{'PASS' if ok else 'FAIL'}"
+        )
+    print("-" * len(head))

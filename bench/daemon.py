@@ -69,7 +69,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from common import SCRUBBED_VARIABLES, main_guard, run, stop_process
+from common import SCRUBBED_VARIABLES, main_guard, print_targets, run, stop_process
 
 ORG = "bench"
 FILE = "model.safetensors"
@@ -714,19 +714,7 @@ def report(args: argparse.Namespace, **r: Any) -> int:
         "127.0.0.1; MB = 10^6 bytes; times on the monotonic clock."
     )
     print()
-    texts = [("measure", "measured", "target"), *((n, m, t) for n, m, t, _ in rows)]
-    widths = [max(len(x[i]) for x in texts) for i in (0, 1, 2)]
-    head = (
-        f"{'measure':<{widths[0]}} | {'measured':>{widths[1]}} | {'target':<{widths[2]}} | verdict"
-    )
-    print(head)
-    print("-" * len(head))
-    for name, measured, target, ok in rows:
-        print(
-            f"{name:<{widths[0]}} | {measured:>{widths[1]}} | {target:<{widths[2]}} | "
-            f"{'PASS' if ok else 'FAIL'}"
-        )
-    print("-" * len(head))
+    print_targets(rows)
 
     ref_t = med(w for w, _ in r["ref"]) if r["ref"] else None
     ref_req = max(q for _, q in r["ref"]) if r["ref"] else 0
